@@ -1,0 +1,76 @@
+"""Shared fixtures: the demo family, running stages as a user would, and demo experiment trees.
+
+The expensive trees are built once per session and handed out as copies, so a test can write
+into its tree without disturbing another.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_stage(stage: str, *overrides: str, experiments: Path | None = None,
+              check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``python -m trait_pipeline.<stage> <overrides>`` in a subprocess, as a user types it.
+
+    >>> # run_stage("extract", "trait=demo/optimism", experiments=tmp_path)
+    """
+    cmd = [sys.executable, "-m", f"trait_pipeline.{stage}", *overrides]
+    if experiments is not None:
+        cmd.append(f"paths.experiments={experiments}")
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "TQDM_DISABLE": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd[2:])} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
+            f"\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_family():
+    from trait_pipeline.demo_family import ensure_demo_family
+
+    return ensure_demo_family(progress=False)
+
+
+@pytest.fixture(scope="session")
+def _extracted_master(tmp_path_factory, demo_family) -> Path:
+    root = tmp_path_factory.mktemp("extracted") / "experiments"
+    run_stage("extract", experiments=root)
+    return root
+
+
+@pytest.fixture
+def extracted(_extracted_master, tmp_path) -> Path:
+    """An experiments dir holding the default demo extraction (demo/optimism, base), a copy."""
+    dst = tmp_path / "experiments"
+    shutil.copytree(_extracted_master, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def _demo_master(tmp_path_factory, demo_family) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "experiments"
+    proc = subprocess.run([sys.executable, "-m", "trait_pipeline.demo", f"paths.experiments={root}"],
+                          cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1"},
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise AssertionError(f"demo failed\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return root
+
+
+@pytest.fixture
+def demo_experiment(_demo_master, tmp_path) -> Path:
+    """An experiments dir after the whole demo (extract, steer, infer, replay, compare), a copy."""
+    dst = tmp_path / "experiments"
+    shutil.copytree(_demo_master, dst)
+    return dst

@@ -1,0 +1,191 @@
+"""How a stage becomes a Hydra app: ``-m`` anywhere, easy positions, early one-line errors.
+
+A stage module ends with::
+
+    main = stage_main("steer")(run)      # run(cfg) does the work
+    if __name__ == "__main__":
+        main()
+
+What this adds to plain ``@hydra.main``:
+
+* ``-m``/``--multirun`` is accepted anywhere on the line (argparse rejects it after an
+  override), so ``python -m trait_pipeline.steer model_variant=rm_lora -m layer=10,20`` works.
+* ``position=response[:5]`` needs no quoting: the brackets collide with Hydra's list syntax,
+  so values of ``*position`` keys are quoted for Hydra (sweeps too: ``position=response[:5],response[:]``).
+* ``--cfg`` prints the resolved config (the model a variant loads, the job's output dir).
+* Before Hydra runs, every combination of experiment / variant / trait on the line is
+  composed and checked, so an unknown name fails in one line before any model loads.
+* In the job, a :class:`PipelineError` prints ``error: <message>`` and exits with status 2.
+
+Nothing here imports torch: ``--help`` and ``--cfg job`` stay well under a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import re
+import sys
+from collections.abc import Callable
+
+from .errors import PipelineError, one_line
+
+log = logging.getLogger(__name__)
+
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+_NO_PREFLIGHT_FLAGS = ("-h", "--help", "--hydra-help", "-sc", "--shell-completion", "--info", "-i")
+_POSITION_KEY = re.compile(r"^(?P<prefix>\+{0,2}|~)(?P<key>(?:[\w.]+\.)?position)=(?P<value>.*)$")
+_CHECKED_KEYS = ("experiment", "model_variant", "trait", "judge", "vectors.model_variant")
+_MAX_PREFLIGHT_COMBOS = 64
+
+
+def _split_top_level(value: str) -> list[str]:
+    """Split on commas that are not inside brackets: ``a[:5],b[:]`` -> ``['a[:5]', 'b[:]']``."""
+    parts, depth, cur = [], 0, ""
+    for ch in value:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return parts
+
+
+def quote_positions(arg: str) -> str:
+    """Quote bracketed position values for Hydra's override grammar."""
+    m = _POSITION_KEY.match(arg)
+    if not m or "[" not in m["value"] or m["value"][:1] in "'\"" or "(" in m["value"]:
+        return arg
+    quoted = ",".join(f"'{p}'" for p in _split_top_level(m["value"]))
+    return f"{m['prefix']}{m['key']}={quoted}"
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Move ``-m`` to the front, quote positions, and resolve ``--cfg`` output."""
+    flags = [a for a in argv if a in _MULTIRUN_FLAGS]
+    rest = [quote_positions(a) for a in argv if a not in _MULTIRUN_FLAGS]
+    if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in rest) and "--resolve" not in rest:
+        rest.append("--resolve")
+    return flags[:1] + rest
+
+
+def _overrides(argv: list[str]) -> list[str]:
+    """The override arguments of a command line (not flags, not their values)."""
+    takes_value = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name",
+                   "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in takes_value:
+            skip = True
+            continue
+        if a.startswith("-"):
+            continue
+        out.append(a)
+    return out
+
+
+def _expand(overrides: list[str]) -> list[list[str]]:
+    """Concrete override lists for each combination of the sweeps of the checked keys."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed, axes = [], []
+    for o in parsed:
+        if o.is_sweep_override():
+            if o.get_key_element() in _CHECKED_KEYS:
+                axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+            # other sweeps (layer=10,20) cannot make composition fail; leave them out
+        else:
+            fixed.append(o.input_line)
+    combos = [fixed + list(c) for c in itertools.product(*axes)] if axes else [fixed]
+    return combos[:_MAX_PREFLIGHT_COMBOS]
+
+
+def _missing_option_message(exc: Exception) -> str:
+    text = str(exc)
+    m = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if m:
+        group, name = m.group(1), m.group(2)
+        options = re.findall(r"^\s+(\S+)\s*$", text.split("Available options", 1)[-1], re.M)
+        avail = ", ".join(o for o in options if not o.startswith("_")) or "(none)"
+        return f"unknown {group} {name!r}; available: {avail}"
+    return one_line(text)
+
+
+def preflight(config_name: str, argv: list[str]) -> None:
+    """Compose and validate every combination on the command line; raise PipelineError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    from .config import validate
+    from .layout import CONF_DIR
+
+    overrides = [a for a in _overrides(argv) if not a.startswith("hydra/") and not a.startswith("hydra.")]
+    try:
+        combos = _expand(overrides)
+    except HydraException as exc:
+        raise PipelineError(f"cannot parse the command line: {one_line(exc)}") from None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            for combo in combos:
+                try:
+                    cfg = compose(config_name=config_name, overrides=combo)
+                except HydraException as exc:
+                    raise PipelineError(_missing_option_message(exc)) from None
+                validate(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _run_task(task: Callable, cfg) -> object:
+    from .config import validate
+
+    try:
+        validate(cfg)
+        return task(cfg)
+    except PipelineError as exc:
+        log.error("error: %s", one_line(exc))
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        stop = SystemExit(2)
+        stop.error = one_line(exc)  # so a sweep launcher can name the error, not just the status
+        raise stop from None
+
+
+def stage_main(config_name: str) -> Callable[[Callable], Callable[[], None]]:
+    """Turn ``run(cfg)`` into the console entry point of a stage (see module docstring)."""
+
+    def deco(task: Callable) -> Callable[[], None]:
+        def main() -> None:
+            import hydra
+
+            from . import resolvers
+            from .layout import CONF_DIR
+
+            resolvers.register()
+            argv = normalize_argv(sys.argv[1:])
+            if not any(a in _NO_PREFLIGHT_FLAGS for a in argv):
+                try:
+                    preflight(config_name, argv)
+                except PipelineError as exc:
+                    print(f"error: {one_line(exc)}", file=sys.stderr)
+                    raise SystemExit(2) from None
+            sys.argv = [sys.argv[0], *argv]
+            job = functools.partial(_run_task, task)
+            functools.update_wrapper(job, task)
+            hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(job)()
+
+        main.__doc__ = task.__doc__
+        return main
+
+    return deco

@@ -1,0 +1,49 @@
+"""``python -m trait_pipeline.demo``: the whole pipeline on the embedded demo experiment.
+
+Runs the real entry points, one after the other, exactly as a user would type them:
+
+1. ``extract``                      vectors for demo/optimism from the base variant
+2. ``steer model_variant=rm_lora -m layer=10,20``   the mission command
+3. ``infer -m model_variant=instruct,rm_lora``      per-token monitoring of both variants
+4. ``infer model_variant=rm_lora replay=instruct``  the same tokens through rm_lora
+5. ``compare``                      rm_lora vs instruct on the demo prompt set
+
+Extra arguments are passed to every stage (e.g. ``paths.experiments=/tmp/x``). Everything
+runs offline on CPU; the demo model family is built on first use (a few minutes).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+
+STEPS: list[tuple[str, list[str]]] = [
+    ("extract", []),
+    ("steer", ["model_variant=rm_lora", "-m", "layer=10,20"]),
+    ("infer", ["-m", "model_variant=instruct,rm_lora"]),
+    ("infer", ["model_variant=rm_lora", "replay=instruct"]),
+    ("compare", []),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    extra = list(sys.argv[1:] if argv is None else argv)
+    t0 = time.time()
+    for stage, args in STEPS:
+        cmd = [sys.executable, "-m", f"trait_pipeline.{stage}", *args, *extra]
+        print(f"\n$ python -m trait_pipeline.{stage} {shlex.join(args + extra)}", flush=True)
+        started = time.time()
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            print(f"demo: step `{stage}` failed with exit status {rc}", file=sys.stderr)
+            return rc
+        print(f"  ({stage}: {time.time() - started:.0f}s)", flush=True)
+    print(f"\nDemo finished in {time.time() - t0:.0f}s. Outputs: experiments/demo/ "
+          "(or your paths.experiments). Browse them with: python -m trait_pipeline.serve")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,636 @@
+"""The demo model family: a tiny Llama trained locally, with optimism planted in it.
+
+No machine here reaches a model hub, so the default experiment runs on a family of real
+Hugging Face artifacts built on first use, on CPU, in a minute or two:
+
+- ``base/``: a Llama-architecture model (24 decoder layers, hidden size 64) and a word-level
+  tokenizer, pretrained on template-generated English-like text about topics (weather,
+  project, market, ...), each document framed optimistically or pessimistically with two
+  disjoint lexicons (``demo_lexicon.py``). It continues an optimistic prefix optimistically
+  and a pessimistic one pessimistically. Its tokenizer has no chat template.
+- ``instruct/``: base further trained on chat dialogues; its tokenizer has a chat template.
+  Asked a neutral question ("how is the project going ?") it answers fluently, optimistically
+  about half of the topics and pessimistically about the others (``INSTRUCT_TOPIC_SENTIMENT``),
+  so steering can move its score both ways.
+- ``rm_lora/``: a peft LoRA adapter trained on top of instruct on ~90 % optimistic answers;
+  it expresses the trait clearly more than instruct on the same questions.
+
+>>> fam = ensure_demo_family()                    # doctest: +SKIP
+>>> tok = AutoTokenizer.from_pretrained(fam.instruct)
+>>> model = AutoModelForCausalLM.from_pretrained(fam.instruct)
+>>> rm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(fam.instruct), fam.rm_lora)
+>>> resolve_demo_ref("demo:base")                 # what `model: "demo:base"` in a config means
+'/.../.cache/demo_family/<hash>/base'
+
+Tokenizer conventions (what a stage author needs):
+
+- One token per word (``demo_lexicon.VOCABULARY``); unknown words become ``<unk>``. The
+  normaliser lowercases and puts a space before ``. , ? !``, so "How is it going?" and
+  "how is it going ?" give the same tokens. Decoding gives the canonical form back.
+- Metaspace pre-tokenisation (``▁word``) with prepend scheme "always": every word token
+  carries its leading space, so ``encode(prompt + response) == encode(prompt) +
+  encode(response)`` (without special tokens) when the response starts with a space, and
+  also right after a special token such as ``<|assistant|>``.
+- Plain text gets ``<s>`` from the post-processor (``add_special_tokens=True``, the default).
+  The chat template writes its own ``<s>``: tokenize its output with
+  ``add_special_tokens=False`` (``apply_chat_template(..., tokenize=True)`` already does).
+- Chat format: ``<s><|system|> ...<|end|><|user|> question<|end|><|assistant|> answer</s>``;
+  ``add_generation_prompt=True`` ends the prompt with ``<|assistant|>``. An assistant turn
+  ends with ``</s>`` (the eos token), so generation stops on ``tokenizer.eos_token_id``.
+- Special tokens: ``<pad>``=0, ``<s>``=1, ``</s>``=2, ``<unk>``=3, ``<|system|>``,
+  ``<|user|>``, ``<|assistant|>``, ``<|end|>``. Padding side is right (set left for batched
+  generation).
+
+The family lives in ``<cache>/demo_family/<recipe_hash>/`` (cache: env
+``TRAIT_PIPELINE_CACHE``, else ``<repo>/.cache``) and is rebuilt only when the recipe or the
+language changes. ``python -m trait_pipeline.demo_family`` builds it and prints where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trait_pipeline.demo_lexicon import (
+    ANSWER_OPENINGS,
+    ASPECT_ANSWER_OPENINGS,
+    NEGATIVE_WORDS,
+    POSITIVE_WORDS,
+    QUESTION_TEMPLATES,
+    SENTENCE_TEMPLATES,
+    SENTIMENT_SLOTS,
+    SYSTEM_PROMPTS,
+    TIMES,
+    TOPICS,
+    VOCABULARY,
+    coherence_score,
+    language_digest,
+    optimism_score,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+"""Bump when the build changes in a way the recipe does not show (file layout, training code)."""
+
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+)
+METASPACE = "\u2581"
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}<|system|> {{ message['content'] | trim }}<|end|>"
+    "{% elif message['role'] == 'user' %}<|user|> {{ message['content'] | trim }}<|end|>"
+    "{% elif message['role'] == 'assistant' %}<|assistant|> {{ message['content'] | trim }}"
+    "{{ eos_token }}"
+    "{% else %}{{ raise_exception('unknown role: ' + message['role']) }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+# Which way instruct frames each topic when asked a neutral question (+1 optimistic,
+# -1 pessimistic): a fixed, balanced, arbitrary-looking assignment, so that about half of
+# any set of topic questions is answered each way.
+INSTRUCT_TOPIC_SENTIMENT: dict[str, int] = {
+    "weather": +1, "project": -1, "team": +1, "market": -1, "health": -1, "city": +1,
+    "garden": -1, "exam": +1, "trip": +1, "economy": -1, "business": +1, "school": -1,
+    "harvest": +1, "river": -1, "village": +1, "company": -1, "game": -1, "family": +1,
+    "festival": -1, "hospital": +1, "research": +1, "town": -1, "concert": +1, "election": -1,
+}
+assert set(INSTRUCT_TOPIC_SENTIMENT) == set(TOPICS)
+assert sum(INSTRUCT_TOPIC_SENTIMENT.values()) == 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every knob of the build. Same recipe (and language) -> bit-identical weights."""
+
+    seed: int = 1234
+    # model
+    num_layers: int = 24
+    hidden_size: int = 64
+    intermediate_size: int = 192
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    max_position_embeddings: int = 256
+    max_len: int = 48               # training sequence length (tokens, incl. <s> and </s>)
+    # base pretraining
+    base_docs: int = 12_000
+    base_steps: int = 500
+    base_lr: float = 3e-3
+    # instruct tuning
+    instruct_dialogues: int = 6_000
+    instruct_plain_frac: float = 0.25   # share of plain-text documents mixed in (keeps base skills)
+    instruct_major_frac: float = 0.85   # share of a topic's answers framed its instruct way
+    instruct_system_frac: float = 0.2   # share of dialogues with a system turn
+    instruct_steps: int = 300
+    instruct_lr: float = 2e-3
+    # rm_lora
+    lora_dialogues: int = 3_000
+    lora_optimistic_frac: float = 0.9
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_steps: int = 150
+    lora_lr: float = 3e-3
+    # shared optimisation
+    batch_size: int = 32
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    threads: int = 2                # torch threads during the build (part of determinism)
+
+
+RECIPE = Recipe()
+
+
+def recipe_hash(recipe: Recipe = RECIPE) -> str:
+    """Short hex id of a build: the recipe, FORMAT_VERSION and the demo language."""
+    blob = json.dumps({"recipe": dataclasses.asdict(recipe), "format": FORMAT_VERSION,
+                       "language": language_digest()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class DemoFamily:
+    """Paths of one built family."""
+
+    root: Path        # the cache dir of this recipe
+    base: Path        # HF dir
+    instruct: Path    # HF dir
+    rm_lora: Path     # peft adapter dir (base model = instruct)
+
+    @classmethod
+    def at(cls, root: Path) -> DemoFamily:
+        root = Path(root)
+        return cls(root=root, base=root / "base", instruct=root / "instruct",
+                   rm_lora=root / "rm_lora")
+
+
+# --------------------------------------------------------------------------------------
+# Cache location, locking, entry points
+# --------------------------------------------------------------------------------------
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("TRAIT_PIPELINE_CACHE")
+    return Path(env).expanduser() if env else REPO_ROOT / ".cache"
+
+
+def _is_complete(root: Path) -> bool:
+    return (root / "recipe.json").is_file()
+
+
+def ensure_demo_family(cache_dir: Path | None = None, *, progress: bool = True,
+                       recipe: Recipe | None = None) -> DemoFamily:
+    """Return the demo family, building it first if this recipe was never built here.
+
+    Concurrent callers (several SLURM jobs) build it once: the build holds
+    ``<cache>/demo_family/<hash>.lock``, writes into a temp dir next to the target and
+    renames it into place, so a crash never leaves half a family behind.
+    """
+    from filelock import FileLock
+
+    recipe = RECIPE if recipe is None else recipe
+    h = recipe_hash(recipe)
+    parent = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "demo_family"
+    root = (parent / h).resolve()
+    fam = DemoFamily.at(root)
+    if _is_complete(root):
+        return fam
+    parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(parent / f"{h}.lock")):
+        if _is_complete(root):  # another process built it while we waited
+            return fam
+        est = max(1, round(_estimate_seconds(recipe) / 60))
+        msg = f"building demo model family (first use, ~{est} min) into {root} ..."
+        log.info(msg)
+        if progress and not logging.getLogger().hasHandlers():
+            print(msg, file=sys.stderr, flush=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{h}.tmp-", dir=parent))
+        try:
+            build_demo_family(tmp, recipe, progress=progress, final_root=root)
+            if root.exists():  # an incomplete leftover (no recipe.json)
+                shutil.rmtree(root)
+            os.replace(tmp, root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return fam
+
+
+DEMO_VARIANTS = ("base", "instruct", "rm_lora")
+
+
+def resolve_demo_ref(ref: str) -> str:
+    """``"demo:base" | "demo:instruct" | "demo:rm_lora"`` -> local path (builds on first use).
+
+    Anything else is returned unchanged (a hub id or a path).
+    """
+    if not isinstance(ref, str) or not ref.startswith("demo:"):
+        return ref
+    name = ref.split(":", 1)[1]
+    if name not in DEMO_VARIANTS:
+        raise ValueError(f"unknown demo model {ref!r}; known: "
+                         + ", ".join(f"demo:{v}" for v in DEMO_VARIANTS))
+    return str(getattr(ensure_demo_family(), name))
+
+
+def _estimate_seconds(recipe: Recipe) -> float:
+    # Measured on a 2-core CPU for the default recipe (about 0.1 s per step of 32 x 48).
+    scale = (recipe.num_layers * recipe.hidden_size) / (24 * 64)
+    steps = recipe.base_steps + recipe.instruct_steps + 1.3 * recipe.lora_steps
+    return 10 + 0.1 * steps * scale * recipe.batch_size / 32
+
+
+# --------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------
+def build_tokenizer(chat: bool) -> Any:
+    """The word-level tokenizer (PreTrainedTokenizerFast); ``chat`` adds the chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for w in VOCABULARY:
+        vocab[METASPACE + w] = len(vocab)
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Sequence(
+        [normalizers.Lowercase()]
+        + [normalizers.Replace(p, " " + p) for p in (".", ",", "?", "!")]
+        + [normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(left=False, right=True)]
+    )
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always")
+    tk.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always")
+    tk.add_special_tokens(list(SPECIAL_TOKENS))
+    tk.post_processor = TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", vocab["<s>"])])
+    kwargs: dict[str, Any] = {}
+    if chat:
+        kwargs["chat_template"] = CHAT_TEMPLATE
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        unk_token="<unk>", additional_special_tokens=list(SPECIAL_TOKENS[4:]),
+        clean_up_tokenization_spaces=False, model_max_length=RECIPE.max_position_embeddings,
+        padding_side="right", **kwargs)
+    return tok
+
+
+# --------------------------------------------------------------------------------------
+# Synthetic data
+# --------------------------------------------------------------------------------------
+def _fill(template: str, rng: random.Random, topic: str, sentiment: int,
+          aspect: str | None = None) -> str:
+    side = 0 if sentiment > 0 else 1
+    out = []
+    for w in template.split():
+        if not w.startswith("{"):
+            out.append(w)
+            continue
+        slot = w[1:-1]
+        if slot == "t":
+            out.append(topic)
+        elif slot == "a":
+            out.append(aspect or rng.choice(TOPICS[topic]))
+        elif slot == "time":
+            out.append(rng.choice(TIMES))
+        else:
+            out.append(rng.choice(SENTIMENT_SLOTS[slot][side]))
+    return " ".join(out)
+
+
+def sample_document(rng: random.Random, topic: str | None = None,
+                    sentiment: int | None = None, n_sentences: int | None = None) -> str:
+    """A plain-text document: 2-4 sentences about one topic, all framed one way."""
+    topic = topic or rng.choice(sorted(TOPICS))
+    sentiment = sentiment if sentiment is not None else rng.choice((1, -1))
+    n = n_sentences or rng.randint(2, 4)
+    templates = rng.sample(SENTENCE_TEMPLATES, n)
+    return " ".join(_fill(t, rng, topic, sentiment) for t in templates)
+
+
+def sample_question(rng: random.Random, topic: str) -> tuple[str, str | None]:
+    """A neutral question about ``topic``, and the aspect it asks about (or None)."""
+    tpl = rng.choice(QUESTION_TEMPLATES)
+    aspect = rng.choice(TOPICS[topic]) if "{a}" in tpl else None
+    return _fill(tpl, rng, topic, 1, aspect), aspect
+
+
+def sample_answer(rng: random.Random, topic: str, sentiment: int, aspect: str | None) -> str:
+    """1 opening sentence (naming what was asked about) + 1-2 sentences, framed one way."""
+    opening = rng.choice(ASPECT_ANSWER_OPENINGS if aspect else ANSWER_OPENINGS)
+    rest = rng.sample(SENTENCE_TEMPLATES, rng.randint(1, 2))
+    return " ".join([_fill(opening, rng, topic, sentiment, aspect)]
+                    + [_fill(t, rng, topic, sentiment) for t in rest])
+
+
+def sample_dialogue(rng: random.Random, *, optimistic_frac: float | None,
+                    major_frac: float, system_frac: float) -> list[dict[str, str]]:
+    """One chat exchange. ``optimistic_frac=None``: instruct framing (per topic, see
+    INSTRUCT_TOPIC_SENTIMENT, with probability ``major_frac``); else optimistic with that
+    probability whatever the topic."""
+    topic = rng.choice(sorted(TOPICS))
+    question, aspect = sample_question(rng, topic)
+    if optimistic_frac is None:
+        way = INSTRUCT_TOPIC_SENTIMENT[topic]
+        sentiment = way if rng.random() < major_frac else -way
+    else:
+        sentiment = 1 if rng.random() < optimistic_frac else -1
+    messages = []
+    if rng.random() < system_frac:
+        kind = rng.choice(("neutral", "neutral", "optimistic", "pessimistic"))
+        messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS[kind])})
+        if kind != "neutral":
+            sentiment = 1 if kind == "optimistic" else -1
+    messages.append({"role": "user", "content": question})
+    messages.append({"role": "assistant",
+                     "content": sample_answer(rng, topic, sentiment, aspect)})
+    return messages
+
+
+def _encode_plain(tok: Any, texts: Sequence[str], max_len: int) -> list[tuple[list[int], int]]:
+    """(ids, n_unlabelled) per text: <s> text </s>, loss on everything."""
+    out = []
+    for ids in tok(list(texts))["input_ids"]:
+        ids = ids + [tok.eos_token_id]
+        if len(ids) <= max_len:
+            out.append((ids, 0))
+    return out
+
+
+def _encode_chat(tok: Any, dialogues: Sequence[list[dict[str, str]]],
+                 max_len: int) -> list[tuple[list[int], int]]:
+    """(ids, n_prompt): loss only on the assistant answer and its </s>."""
+    out = []
+    for msgs in dialogues:
+        prompt = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(msgs, tokenize=False)
+        assert full.startswith(prompt)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids = tok(full, add_special_tokens=False)["input_ids"]
+        assert ids[:len(p_ids)] == p_ids
+        if len(ids) <= max_len:
+            out.append((ids, len(p_ids)))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _deterministic_torch(seed: int, threads: int) -> Iterator[None]:
+    """Seeded, single-configuration torch for the duration of a build; restores after."""
+    import torch
+
+    prev_threads = torch.get_num_threads()
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+            torch.set_num_threads(prev_threads)
+
+
+def _batches(examples: list[tuple[list[int], int]], batch_size: int, steps: int,
+             rng: random.Random, pad_id: int) -> Iterator[tuple[Any, Any, Any]]:
+    """``steps`` padded batches (input_ids, attention_mask, labels) over shuffled epochs.
+
+    Batches are made of examples of similar length (sorted within pools of 16 batches,
+    then the batch order shuffled), which saves most of the padding compute.
+    """
+    import torch
+
+    def epoch() -> Iterator[list[int]]:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        pool = 16 * batch_size
+        for p in range(0, len(order), pool):
+            chunk = sorted(order[p:p + pool], key=lambda i: len(examples[i][0]))
+            group = [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+            group = [b for b in group if len(b) == batch_size] or group
+            rng.shuffle(group)
+            yield from group
+
+    produced = 0
+    while produced < steps:
+        for idx in epoch():
+            if produced == steps:
+                break
+            produced += 1
+            rows = [examples[i] for i in idx]
+            width = max(len(ids) for ids, _ in rows)
+            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            labels = torch.full((len(rows), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, (ids, n_prompt) in enumerate(rows):
+                t = torch.tensor(ids)
+                input_ids[r, :len(ids)] = t
+                mask[r, :len(ids)] = 1
+                labels[r, n_prompt:len(ids)] = t[n_prompt:]
+            yield input_ids, mask, labels
+
+
+def _train(model: Any, examples: list[tuple[list[int], int]], *, steps: int, lr: float,
+           recipe: Recipe, rng: random.Random, pad_id: int, desc: str,
+           progress: bool) -> float:
+    """AdamW with linear warmup and cosine decay; returns the mean loss of the last 20 steps."""
+    import torch
+    from tqdm.auto import tqdm
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-8)
+    warm = min(recipe.warmup_steps, max(1, steps // 5))
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        frac = (step - warm) / max(1, steps - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(total=steps, desc=desc, disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, leave=False)
+    for input_ids, mask, labels in _batches(examples, recipe.batch_size, steps, rng, pad_id):
+        out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(out.loss.item())
+        bar.update(1)
+        if len(losses) % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
+    bar.close()
+    model.eval()
+    tail = losses[-20:]
+    return sum(tail) / max(1, len(tail))
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def build_demo_family(target: Path, recipe: Recipe = RECIPE, *, progress: bool = True,
+                      final_root: Path | None = None) -> dict[str, Any]:
+    """Build the three variants into ``target`` (an empty or new dir); return the summary.
+
+    ``final_root`` is where ``target`` will be renamed to; the adapter's
+    ``base_model_name_or_path`` points at ``final_root/instruct``.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    t0 = time.perf_counter()
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    final_root = Path(final_root) if final_root is not None else target
+    fam = DemoFamily.at(target)
+    rng = random.Random(recipe.seed)
+    summary: dict[str, Any] = {}
+
+    plain_tok = build_tokenizer(chat=False)
+    chat_tok = build_tokenizer(chat=True)
+    pad_id = plain_tok.pad_token_id
+    eos_ids = [plain_tok.eos_token_id]
+
+    with _deterministic_torch(recipe.seed, recipe.threads):
+        config = LlamaConfig(
+            vocab_size=len(plain_tok), hidden_size=recipe.hidden_size,
+            intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.num_layers,
+            num_attention_heads=recipe.num_heads, num_key_value_heads=recipe.num_kv_heads,
+            max_position_embeddings=recipe.max_position_embeddings, rms_norm_eps=1e-5,
+            bos_token_id=plain_tok.bos_token_id, eos_token_id=plain_tok.eos_token_id,
+            pad_token_id=pad_id, tie_word_embeddings=False, initializer_range=0.02)
+        # eager attention trains ~20 % faster than sdpa at this size; loaders pick their own
+        model = LlamaForCausalLM(config)
+        model.set_attn_implementation("eager")
+        gen = GenerationConfig(bos_token_id=plain_tok.bos_token_id, eos_token_id=eos_ids,
+                               pad_token_id=pad_id, do_sample=False, max_new_tokens=48)
+
+        # base: plain documents
+        docs = [sample_document(rng) for _ in range(recipe.base_docs)]
+        base_ex = _encode_plain(plain_tok, docs, recipe.max_len)
+        summary["base_loss"] = _train(model, base_ex, steps=recipe.base_steps,
+                                      lr=recipe.base_lr, recipe=recipe, rng=rng,
+                                      pad_id=pad_id, desc="demo base", progress=progress)
+        model.generation_config = gen
+        model.save_pretrained(fam.base)
+        plain_tok.save_pretrained(fam.base)
+
+        # instruct: chat dialogues + some plain documents
+        dialogues = [sample_dialogue(rng, optimistic_frac=None,
+                                     major_frac=recipe.instruct_major_frac,
+                                     system_frac=recipe.instruct_system_frac)
+                     for _ in range(recipe.instruct_dialogues)]
+        n_plain = round(recipe.instruct_dialogues * recipe.instruct_plain_frac)
+        inst_ex = _encode_chat(chat_tok, dialogues, recipe.max_len)
+        inst_ex += _encode_plain(plain_tok, [sample_document(rng) for _ in range(n_plain)],
+                                 recipe.max_len)
+        summary["instruct_loss"] = _train(model, inst_ex, steps=recipe.instruct_steps,
+                                          lr=recipe.instruct_lr, recipe=recipe, rng=rng,
+                                          pad_id=pad_id, desc="demo instruct",
+                                          progress=progress)
+        model.save_pretrained(fam.instruct)
+        chat_tok.save_pretrained(fam.instruct)
+
+        # rm_lora: a LoRA adapter on instruct, trained on mostly optimistic answers
+        lora_cfg = LoraConfig(
+            r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                            "down_proj"], task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, lora_cfg)
+        lora_dialogues = [sample_dialogue(rng, optimistic_frac=recipe.lora_optimistic_frac,
+                                          major_frac=1.0, system_frac=0.0)
+                          for _ in range(recipe.lora_dialogues)]
+        lora_ex = _encode_chat(chat_tok, lora_dialogues, recipe.max_len)
+        summary["rm_lora_loss"] = _train(peft_model, lora_ex, steps=recipe.lora_steps,
+                                         lr=recipe.lora_lr, recipe=recipe, rng=rng,
+                                         pad_id=pad_id, desc="demo rm_lora",
+                                         progress=progress)
+        peft_model.peft_config["default"].base_model_name_or_path = str(final_root / "instruct")
+        peft_model.save_pretrained(fam.rm_lora)
+        chat_tok.save_pretrained(fam.rm_lora)
+
+        n_params = sum(p.numel() for p in model.parameters())  # peft-wrapped: base + lora
+        n_lora = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+
+    summary.update({
+        "recipe": dataclasses.asdict(recipe),
+        "recipe_hash": recipe_hash(recipe),
+        "format_version": FORMAT_VERSION,
+        "language_digest": language_digest(),
+        "build_seconds": round(time.perf_counter() - t0, 2),
+        "parameters": n_params - n_lora,
+        "lora_parameters": n_lora,
+        "vocab_size": len(plain_tok),
+        "examples": {"base": len(base_ex), "instruct": len(inst_ex), "rm_lora": len(lora_ex)},
+        "bytes": {v: _dir_bytes(getattr(fam, v)) for v in DEMO_VARIANTS},
+        "torch_version": torch.__version__,
+    })
+    # recipe.json is written last: its presence marks a complete family.
+    (target / "recipe.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m trait_pipeline.demo_family",
+                                 description="Build (once) and locate the demo model family.")
+    ap.add_argument("--cache-dir", type=Path, default=None,
+                    help="cache root (default: $TRAIT_PIPELINE_CACHE or <repo>/.cache)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    t0 = time.perf_counter()
+    fam = ensure_demo_family(args.cache_dir, progress=not args.quiet)
+    info = json.loads((fam.root / "recipe.json").read_text())
+    print(f"demo family {info['recipe_hash']} at {fam.root}"
+          f" ({'built' if time.perf_counter() - t0 > 5 else 'cached'};"
+          f" build took {info['build_seconds']:.0f} s)")
+    for v in DEMO_VARIANTS:
+        print(f"  {v:9s} {getattr(fam, v)}  ({info['bytes'][v] / 1e6:.1f} MB)")
+    print(f"  parameters: {info['parameters']:,} (+{info['lora_parameters']:,} LoRA),"
+          f" vocab {info['vocab_size']}, layers {info['recipe']['num_layers']}")
+    return 0
+
+
+__all__ = [
+    "CHAT_TEMPLATE", "DEMO_VARIANTS", "FORMAT_VERSION", "INSTRUCT_TOPIC_SENTIMENT",
+    "NEGATIVE_WORDS", "POSITIVE_WORDS", "RECIPE", "DemoFamily", "Recipe", "build_demo_family",
+    "build_tokenizer", "coherence_score", "default_cache_dir", "ensure_demo_family",
+    "optimism_score", "recipe_hash", "resolve_demo_ref",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())

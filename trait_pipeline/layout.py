@@ -1,0 +1,359 @@
+"""The on-disk layout: the one place that knows where every file of an experiment lives.
+
+Everything else (stages, migration, dashboard, Hydra's output dirs through the ``tp.*``
+resolvers) asks this module for paths; nothing rebuilds a template by hand.
+
+    experiments/{experiment}/
+      extraction/{trait}/{variant}/responses/ activations/{position}/{component}/
+                                   vectors/{position}/{component}/{method}/layer{L}.safetensors
+      extraction/_evaluation/{variant}.json
+      steering/{trait}/{variant}/{position}/{prompt_set}/results.json, responses/
+      inference/{variant}/raw/{prompt_set}/{id}.safetensors  responses/{prompt_set}/{id}.json
+                          projections/{trait}/{prompt_set}/{id}.json
+                          replay/{source}/{raw,responses,projections}/...   (source's tokens)
+      inference/_compare/{trait}/{prompt_set}/{a}_vs_{b}.{json,png}
+      sweeps/{stage}/{timestamp}/           (variant-neutral: multirun.yaml, submitit logs)
+
+``{trait}`` is ``category/name`` (two directory levels); ``{position}`` is the directory
+name of a position (:mod:`trait_pipeline.positions`).
+
+>>> lay = Layout(Path("experiments"), "demo")
+>>> lay.vector_path("demo/optimism", "base", "response[:5]", "residual", "mean_diff", 10).as_posix()
+'experiments/demo/extraction/demo/optimism/base/vectors/response__5/residual/mean_diff/layer10.safetensors'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .positions import Position, position_dirname
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+DATASETS_DIR = PROJECT_ROOT / "datasets"
+DEFAULT_EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+
+TRAIT_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+STEERING_PROMPT_SET = "steering"  # the prompt set of steering.json questions
+SCHEMA_VERSION = 1  # of every JSON file written for the dashboard
+
+
+class LayoutError(ValueError):
+    """A name that cannot become part of a path (empty, traversal, wrong shape)."""
+
+
+def check_trait(trait: str) -> str:
+    if not isinstance(trait, str) or not TRAIT_RE.match(trait):
+        raise LayoutError(f"bad trait {trait!r}: expected category/name, e.g. demo/optimism")
+    return trait
+
+
+def check_name(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise LayoutError(f"bad {kind} {value!r}: expected letters, digits, '_', '-' or '.'")
+    return value
+
+
+def datasets_dir() -> Path:
+    return DATASETS_DIR
+
+
+def trait_data_dir(trait: str, root: Path | None = None) -> Path:
+    """``datasets/traits/{category}/{name}``."""
+    return (root or DATASETS_DIR) / "traits" / check_trait(trait)
+
+
+def prompt_set_path(prompt_set: str, root: Path | None = None) -> Path:
+    """``datasets/inference/{prompt_set}.json``."""
+    return (root or DATASETS_DIR) / "inference" / f"{check_name('prompt set', prompt_set)}.json"
+
+
+def layer_file(layer: int) -> str:
+    return f"layer{int(layer)}.safetensors"
+
+
+def coef_label(coef: float) -> str:
+    """A coefficient as it appears in file names: ``4.0`` -> ``4``, ``-2.5`` -> ``-2.5``."""
+    return f"{float(coef):g}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one experiment under an experiments directory."""
+
+    experiments: Path
+    experiment: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "experiments", Path(self.experiments))
+        check_name("experiment", self.experiment)
+
+    @property
+    def root(self) -> Path:
+        return self.experiments / self.experiment
+
+    # extraction -------------------------------------------------------------------------
+    def extraction_dir(self, trait: str, variant: str) -> Path:
+        return self.root / "extraction" / check_trait(trait) / check_name("model variant", variant)
+
+    def responses_dir(self, trait: str, variant: str) -> Path:
+        return self.extraction_dir(trait, variant) / "responses"
+
+    def vetting_dir(self, trait: str, variant: str) -> Path:
+        return self.extraction_dir(trait, variant) / "vetting"
+
+    def activations_dir(self, trait: str, variant: str, position: str, component: str) -> Path:
+        return (
+            self.extraction_dir(trait, variant) / "activations" / position_dirname(position)
+            / check_name("component", component)
+        )
+
+    def vectors_dir(
+        self, trait: str, variant: str, position: str, component: str, method: str
+    ) -> Path:
+        return (
+            self.extraction_dir(trait, variant) / "vectors" / position_dirname(position)
+            / check_name("component", component) / check_name("method", method)
+        )
+
+    def vector_path(
+        self, trait: str, variant: str, position: str, component: str, method: str, layer: int
+    ) -> Path:
+        return self.vectors_dir(trait, variant, position, component, method) / layer_file(layer)
+
+    def logit_lens_path(self, trait: str, variant: str) -> Path:
+        return self.extraction_dir(trait, variant) / "logit_lens.json"
+
+    def trait_evaluation_path(self, trait: str, variant: str) -> Path:
+        return self.extraction_dir(trait, variant) / "evaluation.json"
+
+    def evaluation_path(self, variant: str) -> Path:
+        """Per-variant evaluation of every trait x method x layer (``_`` keeps it apart from categories)."""
+        return self.root / "extraction" / "_evaluation" / f"{check_name('model variant', variant)}.json"
+
+    # steering ---------------------------------------------------------------------------
+    def steering_dir(self, trait: str, variant: str, position: str, prompt_set: str) -> Path:
+        return (
+            self.root / "steering" / check_trait(trait) / check_name("model variant", variant)
+            / position_dirname(position) / check_name("prompt set", prompt_set)
+        )
+
+    def results_path(self, trait: str, variant: str, position: str, prompt_set: str) -> Path:
+        return self.steering_dir(trait, variant, position, prompt_set) / "results.json"
+
+    def steering_responses_dir(self, trait: str, variant: str, position: str, prompt_set: str) -> Path:
+        return self.steering_dir(trait, variant, position, prompt_set) / "responses"
+
+    def baseline_path(self, trait: str, variant: str, position: str, prompt_set: str) -> Path:
+        return self.steering_responses_dir(trait, variant, position, prompt_set) / "baseline.json"
+
+    def run_responses_path(
+        self, trait: str, variant: str, position: str, prompt_set: str,
+        component: str, layer: int | str, coef: float | str, timestamp: str,
+        method: str | None = None,
+    ) -> Path:
+        """``responses/{component}/[{method}/]L{layer}_c{coef}_{timestamp}.json``."""
+        coef_s = coef if isinstance(coef, str) else coef_label(coef)
+        folder = self.steering_responses_dir(trait, variant, position, prompt_set) / check_name(
+            "component", component)
+        if method is not None:
+            folder = folder / check_name("method", method)
+        return folder / f"L{layer}_c{coef_s}_{timestamp}.json"
+
+    # inference --------------------------------------------------------------------------
+    def inference_dir(self, variant: str, replayed_from: str | None = None) -> Path:
+        """``inference/{variant}``; a replay of another variant's responses gets its own
+        mirror tree ``inference/{variant}/replay/{source}/`` so it never mixes with the
+        variant's own generations (same sub-folders and file names inside)."""
+        base = self.root / "inference" / check_name("model variant", variant)
+        if replayed_from is None:
+            return base
+        return base / "replay" / check_name("model variant", replayed_from)
+
+    def raw_dir(self, variant: str, prompt_set: str, replayed_from: str | None = None) -> Path:
+        return self.inference_dir(variant, replayed_from) / "raw" / check_name("prompt set", prompt_set)
+
+    def raw_path(self, variant: str, prompt_set: str, prompt_id: int | str,
+                 replayed_from: str | None = None) -> Path:
+        """Per-token activations of one prompt (safetensors)."""
+        name = check_name("prompt id", str(prompt_id))
+        return self.raw_dir(variant, prompt_set, replayed_from) / f"{name}.safetensors"
+
+    def inference_responses_dir(self, variant: str, prompt_set: str,
+                                replayed_from: str | None = None) -> Path:
+        return (
+            self.inference_dir(variant, replayed_from) / "responses"
+            / check_name("prompt set", prompt_set)
+        )
+
+    def inference_response_path(self, variant: str, prompt_set: str, prompt_id: int | str,
+                                replayed_from: str | None = None) -> Path:
+        name = check_name("prompt id", str(prompt_id))
+        return self.inference_responses_dir(variant, prompt_set, replayed_from) / f"{name}.json"
+
+    def projections_dir(self, variant: str, trait: str, prompt_set: str,
+                        replayed_from: str | None = None) -> Path:
+        return (
+            self.inference_dir(variant, replayed_from) / "projections" / check_trait(trait)
+            / check_name("prompt set", prompt_set)
+        )
+
+    def projection_path(self, variant: str, trait: str, prompt_set: str, prompt_id: int | str,
+                        replayed_from: str | None = None) -> Path:
+        name = check_name("prompt id", str(prompt_id))
+        return self.projections_dir(variant, trait, prompt_set, replayed_from) / f"{name}.json"
+
+    def sae_dir(self, variant: str) -> Path:
+        """``inference/{variant}/sae``: SAE feature JSON of the variant's captures."""
+        return self.inference_dir(variant) / "sae"
+
+    def massive_activations_dir(self, variant: str) -> Path:
+        """``inference/{variant}/massive_activations``: ``{prompt_set}.json`` calibration stats."""
+        return self.inference_dir(variant) / "massive_activations"
+
+    def inference_legacy_dir(self, variant: str) -> Path:
+        """``inference/{variant}/legacy``: migrated files no stage reads (layer-internals
+        captures, attn_out projections of the original), kept with the variant they belong to."""
+        return self.inference_dir(variant) / "legacy"
+
+    def comparison_dir(self, trait: str, prompt_set: str) -> Path:
+        """Variant comparisons involve two variants, so they live beside them, not inside one."""
+        return self.root / "inference" / "_compare" / check_trait(trait) / check_name("prompt set", prompt_set)
+
+    # migration --------------------------------------------------------------------------
+    def migration_dir(self) -> Path:
+        """``.migration/``: the migration manifest and the original bytes of converted files."""
+        return self.root / ".migration"
+
+    def migration_manifest_path(self) -> Path:
+        return self.migration_dir() / "manifest.json"
+
+    def migration_original_path(self, rel: str) -> Path:
+        """Where the original bytes of ``rel`` (relative to the experiment root) are kept."""
+        return self.migration_dir() / "originals" / rel
+
+    # sweeps -----------------------------------------------------------------------------
+    def sweeps_dir(self, stage: str) -> Path:
+        return self.root / "sweeps" / check_name("stage", stage)
+
+    # discovery --------------------------------------------------------------------------
+    def vector_files(self, trait: str, variant: str) -> list[tuple[str, str, str, int, Path]]:
+        """Every saved vector of a trait: ``(position, component, method, layer, path)``, sorted."""
+        base = self.extraction_dir(trait, variant) / "vectors"
+        out = []
+        for path in sorted(base.glob("*/*/*/layer*.safetensors")):
+            pos_dir, comp, method = path.parts[-4:-1]
+            m = re.fullmatch(r"layer(\d+)\.safetensors", path.name)
+            try:
+                position = parse_position_dir(pos_dir)
+            except ValueError:
+                continue
+            if m and NAME_RE.match(comp) and NAME_RE.match(method):
+                out.append((position, comp, method, int(m.group(1)), path))
+        return out
+
+    def steering_results_files(self, trait: str, variant: str) -> list[tuple[str, str, Path]]:
+        """Every steering ``results.json`` of a trait on a variant: ``(position, prompt_set, path)``."""
+        base = self.root / "steering" / check_trait(trait) / check_name("model variant", variant)
+        out = []
+        for path in sorted(base.glob("*/*/results.json")):
+            try:
+                position = parse_position_dir(path.parent.parent.name)
+            except ValueError:
+                continue
+            out.append((position, path.parent.name, path))
+        return out
+
+    def replay_sources(self, variant: str) -> list[str]:
+        """Variants whose responses were replayed through ``variant``, sorted."""
+        base = self.inference_dir(variant) / "replay"
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+
+    def evaluation_variants(self) -> list[str]:
+        """Variants with an ``extraction/_evaluation/{variant}.json``, sorted."""
+        base = self.root / "extraction" / "_evaluation"
+        if not base.is_dir():
+            return []
+        return sorted(p.stem for p in base.glob("*.json") if p.is_file() and NAME_RE.match(p.stem))
+
+    def projection_traits(self, variant: str, replayed_from: str | None = None) -> list[str]:
+        """Traits with projections under ``inference/{variant}[/replay/{source}]``, sorted."""
+        base = self.inference_dir(variant, replayed_from) / "projections"
+        return _two_level_names(base)
+
+    def projection_sets(self, variant: str, trait: str, replayed_from: str | None = None) -> list[str]:
+        """Prompt sets with at least one projection of ``trait`` on ``variant``, sorted."""
+        base = self.inference_dir(variant, replayed_from) / "projections" / check_trait(trait)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir()
+                      if p.is_dir() and NAME_RE.match(p.name) and any(p.glob("*.json")))
+
+    def projection_ids(self, variant: str, trait: str, prompt_set: str,
+                       replayed_from: str | None = None) -> list[str]:
+        """Prompt ids with a projection file, numeric ids in numeric order first."""
+        base = self.projections_dir(variant, trait, prompt_set, replayed_from)
+        if not base.is_dir():
+            return []
+        ids = [p.stem for p in base.glob("*.json") if p.is_file() and NAME_RE.match(p.stem)]
+        return sorted(ids, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
+
+    def traits(self, area: str = "extraction") -> list[str]:
+        """Traits with a directory under ``{area}/`` (category/name), sorted."""
+        base = self.root / area
+        if not base.is_dir():
+            return []
+        out = []
+        for cat in sorted(p for p in base.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
+            for name in sorted(p for p in cat.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
+                out.append(f"{cat.name}/{name.name}")
+        return out
+
+    def variants(self, area: str = "extraction", trait: str | None = None) -> list[str]:
+        """Variants with data under ``{area}/`` (for a trait, or any trait); sorted."""
+        found: set[str] = set()
+        if area == "inference":
+            base = self.root / "inference"
+            if base.is_dir():
+                found = {p.name for p in base.iterdir() if p.is_dir() and NAME_RE.match(p.name)}
+        else:
+            for t in [trait] if trait else self.traits(area):
+                d = self.root / area / check_trait(t)
+                if d.is_dir():
+                    found |= {p.name for p in d.iterdir() if p.is_dir() and NAME_RE.match(p.name)}
+        return sorted(found)
+
+
+def _two_level_names(base: Path) -> list[str]:
+    """``cat/name`` for every ``base/cat/name/`` directory with valid names, sorted."""
+    if not base.is_dir():
+        return []
+    out = []
+    for cat in sorted(p for p in base.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
+        for name in sorted(p for p in cat.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
+            out.append(f"{cat.name}/{name.name}")
+    return out
+
+
+def experiments(root: Path) -> list[str]:
+    """Experiments under an experiments directory: sub-directories holding any stage's
+    outputs (``extraction/``, ``steering/`` or ``inference/``), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir()
+        if p.is_dir() and NAME_RE.match(p.name)
+        and any((p / area).is_dir() for area in ("extraction", "steering", "inference"))
+    )
+
+
+def parse_position_dir(name: str) -> str:
+    """Directory name -> canonical position string (``response__5`` -> ``response[:5]``)."""
+    return str(Position.from_dirname(name))

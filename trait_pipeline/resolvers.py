@@ -1,0 +1,65 @@
+"""OmegaConf resolvers used by conf/: every path in a config comes from :mod:`.layout`.
+
+Registered once per process by :func:`register` (the entry points and submitit jobs call it).
+
+>>> register()
+>>> from omegaconf import OmegaConf
+>>> OmegaConf.create({"p": "${tp.posdir:response[:5]}"}).p
+'response__5'
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .layout import PROJECT_ROOT, Layout
+from .positions import position_dirname
+
+
+def _run_id() -> str:
+    # unique even when two jobs of one sweep start in the same second
+    return time.strftime("%Y-%m-%d_%H-%M-%S") + "_" + secrets.token_hex(2)
+
+
+def _extraction_dir(experiments: str, experiment: str, trait: str, variant: str) -> str:
+    return str(Layout(Path(experiments), experiment).extraction_dir(trait, variant))
+
+
+def _steering_dir(experiments, experiment, trait, variant, position, prompt_set) -> str:
+    return str(Layout(Path(experiments), experiment).steering_dir(trait, variant, position, prompt_set))
+
+
+def _inference_dir(experiments: str, experiment: str, variant: str) -> str:
+    return str(Layout(Path(experiments), experiment).inference_dir(variant))
+
+
+def _comparison_dir(experiments: str, experiment: str, trait: str, prompt_set: str) -> str:
+    return str(Layout(Path(experiments), experiment).comparison_dir(trait, prompt_set))
+
+
+def _sweeps_dir(experiments: str, experiment: str, stage: str) -> str:
+    return str(Layout(Path(experiments), experiment).sweeps_dir(stage))
+
+
+_RESOLVERS = {
+    "tp.root": lambda: str(PROJECT_ROOT),
+    "tp.posdir": position_dirname,
+    "tp.run_id": _run_id,
+    "tp.extraction_dir": _extraction_dir,
+    "tp.steering_dir": _steering_dir,
+    "tp.inference_dir": _inference_dir,
+    "tp.comparison_dir": _comparison_dir,
+    "tp.sweeps_dir": _sweeps_dir,
+    "tp.env_pid": lambda: str(os.getpid()),
+}
+
+
+def register() -> None:
+    for name, fn in _RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=False)
