@@ -1,0 +1,416 @@
+"""The inference stage: generate with one model variant, keep every layer of every token,
+and project the tokens onto trait vectors (per-token monitoring).
+
+    python -m trait_pipeline.infer prompt_set=demo                      # the application variant
+    python -m trait_pipeline.infer -m model_variant=instruct,rm_lora trait=demo/optimism
+    python -m trait_pipeline.infer model_variant=rm_lora replay=instruct   # instruct's tokens
+
+From config to files, for each prompt set (``datasets/inference/{set}.json``):
+
+1. **capture**: generate (greedy, KV cache) in batches and write, per prompt,
+   ``inference/{variant}/raw/{set}/{id}.safetensors`` (``prompt.{component}``,
+   ``response.{component}``: ``[n_tokens, n_layers, dim]``) and ``responses/{set}/{id}.json``.
+   Nothing is kept across batches, so memory does not grow with the number of prompts.
+   With ``replay=V`` the prompts are not generated: V's saved responses go through this
+   variant in one forward pass, into ``inference/{variant}/replay/V/...``.
+2. **project**: onto each trait's vector from the extraction variant (``vectors.model_variant``),
+   the best one (:mod:`.best_vector`) or ``layer``/``method``; one JSON per prompt under
+   ``projections/{trait}/{set}/{id}.json`` (:mod:`.projection` does the arithmetic).
+
+Existing files are kept (``force=true`` redoes them); a projection is redone when the vector
+it was made with is no longer the one chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from .best_vector import VectorChoice, select_vector
+from .cli import stage_main
+from .config import VariantSpec, as_list, layout, variant_names, variant_spec
+from .errors import PipelineError
+from .jsonio import read_json, write_json
+from .layers import LAYER_CONVENTION
+from .layout import SCHEMA_VERSION, Layout
+from .positions import canonical
+from .projection import mean, project_tokens, unit
+from .prompt_sets import Prompt, PromptSet, load_prompt_set, resolve_prompt_sets
+from .vector_store import atomic_save_tensors, load_tensors, load_vector
+
+log = logging.getLogger(__name__)
+
+CAPTURE_BUDGET_BYTES = 2 * 1024**3  # CPU bytes of activations one batch may hold
+CAPTURABLE = ("residual", "attn_out", "mlp_out")  # the [n_tok, n_layers, hidden] ones
+
+
+@dataclass(frozen=True)
+class Item:
+    """One prompt to capture: its ids, and the response ids when it is a replay."""
+
+    prompt: Prompt
+    prompt_text: str
+    prompt_ids: list[int]
+    response_ids: list[int] | None = None  # replay only
+    tokens_identical: bool = True  # replay: the source's ids are read as the same tokens
+
+
+# --------------------------------------------------------------------------------------
+# capture
+
+
+def _token_strings(tok, ids: Sequence[int]) -> list[str]:
+    """Each id decoded on its own (what a dashboard shows per token)."""
+    return [tok.decode([i]) for i in ids]
+
+
+def _phase(text: str, tok, ids: list[int]) -> dict:
+    return {"text": text, "tokens": _token_strings(tok, ids), "token_ids": list(ids),
+            "n_tokens": len(ids)}
+
+
+def _batch_limit(lm, items: Sequence[Item], components: Sequence[str], max_new: int) -> int:
+    """How many sequences' activations fit in :data:`CAPTURE_BUDGET_BYTES` at once."""
+    cfg = getattr(lm.model, "config", None)
+    hidden = int(getattr(cfg, "hidden_size", 4096))
+    elt = torch.finfo(next(lm.model.parameters()).dtype).bits // 8
+    longest = max(len(it.prompt_ids) + (len(it.response_ids or []) or max_new) for it in items)
+    per_seq = longest * lm.n_layers * hidden * elt * len(components)
+    return max(1, CAPTURE_BUDGET_BYTES // max(per_seq, 1))
+
+
+def capture_items(
+    lm, lay: Layout, spec: VariantSpec, cfg: DictConfig, prompt_set: PromptSet,
+    items: list[Item], components: Sequence[str], replayed_from: str | None,
+) -> None:
+    """Capture ``items`` batch by batch and write each prompt's raw + response files."""
+    from tqdm import tqdm
+
+    from .generation import batched, resolve_batch_size
+    from .token_capture import capture_generate, capture_replay
+
+    gen = cfg.generation
+    max_new = int(gen.max_new_tokens)
+    longest = max(len(it.prompt_ids) for it in items) + max_new
+    size = min(resolve_batch_size(lm, gen.batch_size, longest),
+               _batch_limit(lm, items, components, max_new))
+    bar = tqdm(total=len(items), desc=f"{spec.name}: {prompt_set.name}"
+               + (f" (replay of {replayed_from})" if replayed_from else ""), unit="prompt")
+
+    def run(start: int, end: int) -> None:
+        chunk = items[start:end]
+        if replayed_from is None:
+            seqs = capture_generate(lm, [it.prompt_ids for it in chunk], components,
+                                    max_new_tokens=max_new, temperature=float(gen.temperature),
+                                    seed=int(cfg.seed) + start)
+        else:
+            seqs = capture_replay(lm, [it.prompt_ids for it in chunk],
+                                  [it.response_ids for it in chunk], components)
+        for it, seq in zip(chunk, seqs):
+            _write_capture(lay, spec, cfg, prompt_set, it, seq, components, replayed_from, lm)
+
+    try:
+        batched(len(items), run, size, progress=bar.update)
+    finally:
+        bar.close()
+
+
+def _write_capture(lay, spec, cfg, prompt_set, item, seq, components, replayed_from, lm) -> None:
+    pid = item.prompt.id
+    raw = lay.raw_path(spec.name, prompt_set.name, pid, replayed_from)
+    tensors = {f"prompt.{c}": seq.prompt[c] for c in components}
+    tensors |= {f"response.{c}": seq.response[c] for c in components}
+    # one row per token, aligned with the token lists (the original lost the last one)
+    for c in components:
+        if (seq.prompt[c].shape[0], seq.response[c].shape[0]) != (len(seq.prompt_ids),
+                                                                  len(seq.response_ids)):
+            raise RuntimeError(f"capture of prompt {pid}: {c} rows do not match the tokens")
+    meta = {
+        "experiment": str(cfg.experiment), "model_variant": spec.name, "model": spec.model,
+        "lora": spec.lora, "revision": spec.revision, "prompt_set": prompt_set.name,
+        "prompt_id": pid, "components": list(components), "layer_convention": LAYER_CONVENTION,
+        "replayed_from": replayed_from, "shape": "[n_tokens, n_layers, hidden]",
+    }
+    atomic_save_tensors(raw, tensors, meta)
+    tok = lm.tokenizer
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "prompt": {**_phase(item.prompt_text, tok, seq.prompt_ids), "question": item.prompt.text},
+        "response": _phase(seq.response_text, tok, seq.response_ids),
+        "metadata": {
+            "experiment": str(cfg.experiment), "model_variant": spec.name, "model": spec.model,
+            "lora": spec.lora, "revision": spec.revision, "chat_template": bool(lm.chat),
+            "prompt_set": prompt_set.name, "prompt_id": pid, "prompt_note": item.prompt.note,
+            "prompt_extra": item.prompt.extra, "replayed_from": replayed_from,
+            "tokens_identical_to_source": item.tokens_identical if replayed_from else None,
+            "generation": None if replayed_from else {
+                "max_new_tokens": int(cfg.generation.max_new_tokens),
+                "temperature": float(cfg.generation.temperature), "seed": int(cfg.seed)},
+            "raw": raw.relative_to(lay.root).as_posix(),
+            "capture_date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    }
+    write_json(lay.inference_response_path(spec.name, prompt_set.name, pid, replayed_from), record)
+
+
+def _items_to_capture(lm, lay, spec, prompt_set, prompts, replayed_from) -> list[Item]:
+    texts = [lm.format_prompt(p.text) for p in prompts]
+    ids = lm.encode(texts) if texts else []
+    if replayed_from is None:
+        return [Item(p, t, i) for p, t, i in zip(prompts, texts, ids)]
+    items = []
+    tok = lm.tokenizer
+    for p, t, i in zip(prompts, texts, ids):
+        src = read_json(lay.inference_response_path(replayed_from, prompt_set.name, p.id))
+        src_ids = [int(x) for x in src["response"]["token_ids"]]
+        src_tokens = src["response"].get("tokens")
+        # same vocabulary (one family): feed the source's exact ids; otherwise re-tokenize
+        same = src_tokens == _token_strings(tok, src_ids) and all(
+            0 <= x < len(tok) for x in src_ids)
+        if not same:
+            src_ids = tok(src["response"]["text"], add_special_tokens=False)["input_ids"]
+        items.append(Item(p, t, i, src_ids, same))
+    return items
+
+
+# --------------------------------------------------------------------------------------
+# projection
+
+
+def vector_baseline(lay: Layout, choice: VectorChoice, vector: torch.Tensor, meta: dict) -> float:
+    """The vector's centring baseline: the projection of the midpoint of the class means.
+
+    Taken from the vector's provenance (``baseline``) or its ``metadata.json`` when the
+    extraction recorded it, else computed from the saved train activations.
+    """
+    if isinstance(meta.get("baseline"), (int, float)):
+        return float(meta["baseline"])
+    md_path = choice.path.parent / "metadata.json"
+    if md_path.is_file():
+        md = read_json(md_path)
+        entry = (md.get("layers") or {}).get(str(choice.layer)) if isinstance(md, dict) else None
+        if isinstance(entry, dict) and isinstance(entry.get("baseline"), (int, float)):
+            return float(entry["baseline"])
+    acts_path = lay.activations_dir(choice.trait, choice.model_variant, choice.position,
+                                    choice.component) / "train.safetensors"
+    if not acts_path.is_file():
+        raise PipelineError(
+            f"centered=true but vector {choice.path} has no baseline and {acts_path} is missing"
+        )
+    acts, _ = load_tensors(acts_path)
+    mid = (acts["pos"][:, choice.layer].float().mean(0) + acts["neg"][:, choice.layer].float().mean(0)) / 2
+    return float(mid @ unit(vector))
+
+
+@dataclass(frozen=True)
+class LoadedVector:
+    choice: VectorChoice
+    vector: torch.Tensor
+    provenance: dict
+    baseline: float | None  # subtracted when centring
+
+    def source(self, lay: Layout, centered: bool) -> dict:
+        c = self.choice
+        return {
+            "trait": c.trait, "model_variant": c.model_variant, "model": self.provenance.get("model"),
+            "lora": self.provenance.get("lora"), "layer": c.layer, "method": c.method,
+            "component": c.component, "position": c.position,
+            "path": c.path.relative_to(lay.root).as_posix() if c.path.is_relative_to(lay.root)
+            else str(c.path),
+            "selection_source": c.selection_source, "selection_score": c.score,
+            "selection_reason": c.reason, "steering_coefficient": c.coefficient,
+            "baseline": self.baseline, "centered": centered,
+            "layer_convention": self.provenance.get("layer_convention", LAYER_CONVENTION),
+        }
+
+
+def load_choice(lay: Layout, choice: VectorChoice, centered: bool) -> LoadedVector:
+    vector, meta = load_vector(choice.path)
+    baseline = vector_baseline(lay, choice, vector, meta) if centered else None
+    return LoadedVector(choice, vector, meta, baseline)
+
+
+_SAME_VECTOR_KEYS = ("model_variant", "layer", "method", "component", "position", "centered",
+                     "baseline")
+
+
+def project_file(lay: Layout, variant: str, prompt_set: str, prompt_id, vec: LoadedVector,
+                 centered: bool, replayed_from: str | None = None) -> dict:
+    """Project one captured prompt onto ``vec``; returns the projection record (not written)."""
+    raw = lay.raw_path(variant, prompt_set, prompt_id, replayed_from)
+    tensors, meta = load_tensors(raw)
+    comp, layer = vec.choice.component, vec.choice.layer
+    if f"response.{comp}" not in tensors:
+        raise PipelineError(
+            f"{raw} has no {comp!r} activations (captured: {', '.join(meta.get('components', []))}); "
+            f"rerun with capture_components=[...,{comp}] force=true"
+        )
+    out = {"schema_version": SCHEMA_VERSION}
+    phases = {ph: project_tokens(tensors[f"{ph}.{comp}"], vec.vector, layer,
+                                 baseline=vec.baseline if centered else None)
+              for ph in ("prompt", "response")}
+    out["metadata"] = {
+        "prompt_id": prompt_id, "prompt_set": prompt_set, "model_variant": variant,
+        "model": meta.get("model"), "lora": meta.get("lora"), "replayed_from": replayed_from,
+        "n_prompt_tokens": len(phases["prompt"].projections),
+        "n_response_tokens": len(phases["response"].projections),
+        "vector_source": vec.source(lay, centered),
+        "raw": raw.relative_to(lay.root).as_posix(),
+        "projection_date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out["projections"] = {ph: p.projections for ph, p in phases.items()}
+    out["token_norms"] = {ph: p.token_norms for ph, p in phases.items()}
+    out["activation_norms"] = {ph: p.activation_norms for ph, p in phases.items()}
+    out["summary"] = {f"{ph}_mean": mean(p.projections) for ph, p in phases.items()}
+    return out
+
+
+def _up_to_date(path: Path, source: dict) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        old = read_json(path)["metadata"]["vector_source"]
+    except (PipelineError, KeyError, TypeError):
+        return False
+    return all(old.get(k) == source.get(k) for k in _SAME_VECTOR_KEYS)
+
+
+# --------------------------------------------------------------------------------------
+# the stage
+
+
+def _capture_components(cfg: DictConfig, vectors: Sequence[LoadedVector]) -> list[str]:
+    comps = [str(c) for c in as_list(cfg.capture_components)] or ["residual"]
+    for v in vectors:  # a vector of attn_out needs attn_out captured
+        if v.choice.component not in comps:
+            comps.append(v.choice.component)
+    bad = [c for c in comps if c not in CAPTURABLE]
+    if bad:
+        raise PipelineError(
+            f"cannot capture component {bad[0]!r} per token; expected some of: {', '.join(CAPTURABLE)}"
+        )
+    return list(dict.fromkeys(comps))
+
+
+def _check_replay(cfg: DictConfig, lay: Layout, replay: str, sets: list[PromptSet],
+                  limit: int) -> None:
+    if replay not in variant_names(cfg):
+        raise PipelineError(
+            f"replay {replay!r} is not a variant of experiment {cfg.experiment!r}; "
+            f"it defines: {', '.join(variant_names(cfg))}"
+        )
+    for ps in sets:
+        have = [p for p in ps.limited(limit)
+                if lay.inference_response_path(replay, ps.name, p.id).is_file()]
+        if not have:
+            raise PipelineError(
+                f"replay={replay}: no saved responses of {replay!r} for prompt set {ps.name!r} "
+                f"in {lay.inference_responses_dir(replay, ps.name)}; run first: "
+                f"python -m trait_pipeline.infer model_variant={replay} prompt_set={ps.name}"
+            )
+
+
+def run(cfg: DictConfig) -> dict:
+    """Capture and project every prompt set of ``cfg``; returns ``{trait: {set: mean}}``."""
+    lay = layout(cfg)
+    spec = variant_spec(cfg)
+    replay = None if cfg.get("replay") in (None, "", "null") else str(cfg.replay)
+    limit, force, centered = int(cfg.limit or 0), bool(cfg.force), bool(cfg.centered)
+    if limit < 0:
+        raise PipelineError(f"bad limit {limit}: expected 0 (all) or a positive int")
+    datasets_root = Path(cfg.paths.datasets)
+    sets = [load_prompt_set(n, datasets_root) for n in resolve_prompt_sets(cfg.prompt_set, datasets_root)]
+    if replay is not None:
+        _check_replay(cfg, lay, replay, sets, limit)
+
+    # every vector is found (or fails) before any model loads
+    extraction_variant = str(cfg.vectors.model_variant)
+    position = None if cfg.get("position") is None else canonical(str(cfg.position))
+    vectors = [
+        load_choice(lay, select_vector(
+            lay, str(trait), extraction_variant=extraction_variant, application_variant=spec.name,
+            layer=None if cfg.get("layer") is None else int(cfg.layer),
+            method=None if cfg.get("method") is None else str(cfg.method),
+            position=position, component=str(cfg.component),
+            min_coherence=float(cfg.min_coherence)), centered)
+        for trait in as_list(cfg.trait)
+    ]
+    for v in vectors:
+        log.info("vector for %s", v.choice.describe())
+    components = _capture_components(cfg, vectors)
+
+    lm = None
+    summary: dict = {}
+    for ps in sets:
+        prompts = list(ps.limited(limit))
+        if replay is not None:
+            missing = [p.id for p in prompts
+                       if not lay.inference_response_path(replay, ps.name, p.id).is_file()]
+            if missing:
+                log.warning("replay=%s: %d prompts of %s have no saved response; skipped: %s",
+                            replay, len(missing), ps.name, missing[:10])
+            prompts = [p for p in prompts if p.id not in missing]
+        fresh = {p.id for p in prompts
+                 if force or not _captured(lay, spec.name, ps.name, p.id, replay, components)
+                 or (replay is not None and _stale_replay(lay, spec.name, ps.name, p.id, replay))}
+        if fresh:
+            if lm is None:
+                from .models import load_variant
+
+                lm = load_variant(spec, str(cfg.device))
+            todo = [p for p in prompts if p.id in fresh]
+            items = _items_to_capture(lm, lay, spec, ps, todo, replay)
+            capture_items(lm, lay, spec, cfg, ps, items, components, replay)
+        log.info("%s: %d prompts captured, %d kept", ps.name, len(fresh), len(prompts) - len(fresh))
+        for vec in vectors:
+            means = []
+            for p in prompts:
+                path = lay.projection_path(spec.name, vec.choice.trait, ps.name, p.id, replay)
+                if p.id not in fresh and not force and _up_to_date(path, vec.source(lay, centered)):
+                    rec = read_json(path)
+                else:
+                    rec = project_file(lay, spec.name, ps.name, p.id, vec, centered, replay)
+                    write_json(path, rec)
+                if rec["summary"]["response_mean"] is not None:
+                    means.append(rec["summary"]["response_mean"])
+            summary.setdefault(vec.choice.trait, {})[ps.name] = mean(means)
+            log.info("%s on %s/%s: mean response projection %s (%s)", vec.choice.trait, spec.name,
+                     ps.name, summary[vec.choice.trait][ps.name], vec.choice.describe())
+            print(f"{vec.choice.trait} | {spec.name}{f' (replay of {replay})' if replay else ''} | "
+                  f"{ps.name}: mean response projection "
+                  f"{_fmt(summary[vec.choice.trait][ps.name])} over {len(means)} prompts "
+                  f"[{vec.choice.describe()}]")
+    return summary
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def _captured(lay: Layout, variant: str, prompt_set: str, pid, replay, components) -> bool:
+    raw = lay.raw_path(variant, prompt_set, pid, replay)
+    if not (raw.is_file() and lay.inference_response_path(variant, prompt_set, pid, replay).is_file()):
+        return False
+    from .vector_store import read_metadata
+
+    have = read_metadata(raw).get("components") or []
+    return all(c in have for c in components)
+
+
+def _stale_replay(lay: Layout, variant: str, prompt_set: str, pid, source: str) -> bool:
+    """The source variant answered again since this replay was made."""
+    src = read_json(lay.inference_response_path(source, prompt_set, pid))["response"]
+    rep = read_json(lay.inference_response_path(variant, prompt_set, pid, source))["response"]
+    return src["text"] != rep["text"]
+
+
+main = stage_main("infer")(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Per-token activations of every layer, for prompt and response tokens, while generating.
+
+Generation runs its own decode loop over a KV cache so that every token passes through the
+model exactly once: one prefill pass over the left-padded prompts records the prompt
+positions, each decode step records the token it feeds, and one last step feeds the final
+generated token, which a plain ``generate`` never runs through the model (the original's
+off-by-one). So ``response`` has exactly one row per response token, in token order.
+
+>>> # seqs = capture_generate(lm, [lm.encode([lm.format_prompt("how is the game going ?")])[0]],
+>>> #                        components=["residual"], max_new_tokens=8)
+>>> # seqs[0].response["residual"].shape    # [len(seqs[0].response_ids), n_layers, hidden]
+
+:func:`capture_replay` records the same tensors for given token ids (another variant's
+response) in one forward pass: the model diff path. Rows are the output of decoder block L
+(``layers.LAYER_CONVENTION``); tensors come back on the CPU in the model's dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .capture import record
+from .errors import PipelineError
+from .generation import response_text
+from .models import LoadedModel
+
+
+@dataclass
+class CapturedSequence:
+    """One prompt's tokens and activations: ``{component: [n_tokens, n_layers, dim]}``."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]  # up to and including EOS when it was produced
+    response_text: str
+    prompt: dict[str, torch.Tensor]
+    response: dict[str, torch.Tensor]
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    # left padding: each row counts its own positions from its first real token
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _stack_layers(step: dict, comp: str, n_layers: int) -> torch.Tensor:
+    """``{(comp, L): [B, T, d]}`` -> ``[B, T, n_layers, d]`` on the CPU."""
+    return torch.stack([step[(comp, la)] for la in range(n_layers)], dim=2)
+
+
+def _eos_ids(lm: LoadedModel) -> set[int]:
+    ids = {lm.tokenizer.eos_token_id}
+    cfg_eos = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    ids |= set(cfg_eos) if isinstance(cfg_eos, (list, tuple)) else {cfg_eos}
+    return {i for i in ids if i is not None}
+
+
+def capture_generate(
+    lm: LoadedModel,
+    prompt_ids: Sequence[list[int]],
+    components: Sequence[str] = ("residual",),
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[CapturedSequence]:
+    """Generate for one batch of tokenized prompts and record every layer at every token.
+
+    Greedy at temperature 0, otherwise sampled with a generator seeded by ``seed``.
+    """
+    if max_new_tokens < 1:
+        raise PipelineError(f"bad max_new_tokens {max_new_tokens}: expected an int >= 1")
+    n_layers, comps = lm.n_layers, list(components)
+    batch = lm.pad_batch(list(prompt_ids))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    bsz, width = ids.shape
+    eos = _eos_ids(lm)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else min(eos, default=0)
+    gen = torch.Generator(device=ids.device).manual_seed(seed) if temperature > 0 else None
+
+    step: dict = {}
+
+    def keep(key, out):  # one forward pass = one entry per (component, layer)
+        step[key] = out.to("cpu")
+
+    new_tokens: list[torch.Tensor] = []  # [B] per step
+    response_rows: list[dict[str, torch.Tensor]] = []  # per fed token: {comp: [B, L, d]}
+    done = torch.zeros(bsz, dtype=torch.bool, device=ids.device)
+    with torch.no_grad(), record(lm.model, range(n_layers), comps, on_output=keep):
+        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                       use_cache=True, logits_to_keep=1)
+        prompt_acts = {c: _stack_layers(step, c, n_layers) for c in comps}
+        cache_kw = _cache_kwarg(lm.model)
+        cache = _cache_of(out)
+        logits = out.logits[:, -1, :]
+        for _ in range(max_new_tokens):
+            nxt = _next_token(logits, temperature, gen)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            new_tokens.append(nxt)
+            done = done | torch.isin(nxt, torch.tensor(sorted(eos), device=nxt.device))
+            # feed it: records its activations (the last one too) and gives the next logits
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step.clear()
+            out = lm.model(input_ids=nxt[:, None], attention_mask=mask,
+                           position_ids=_positions(mask)[:, -1:], use_cache=True,
+                           **{cache_kw: cache})
+            cache = _cache_of(out)
+            logits = out.logits[:, -1, :]
+            response_rows.append({c: _stack_layers(step, c, n_layers)[:, 0] for c in comps})
+            if bool(done.all()):
+                break
+
+    steps = torch.stack(new_tokens, dim=1).tolist() if new_tokens else [[] for _ in range(bsz)]
+    results = []
+    for b in range(bsz):
+        p_ids = list(prompt_ids[b])
+        r_ids = _until_eos(steps[b], eos)
+        n_p, n_r = len(p_ids), len(r_ids)
+        results.append(CapturedSequence(
+            prompt_ids=p_ids, response_ids=r_ids,
+            response_text=response_text(lm.tokenizer, p_ids, r_ids),
+            prompt={c: prompt_acts[c][b, width - n_p:].clone() for c in comps},
+            response={
+                c: (torch.stack([row[c][b] for row in response_rows[:n_r]]) if n_r
+                    else prompt_acts[c].new_zeros((0, *prompt_acts[c].shape[2:])))
+                for c in comps
+            },
+        ))
+    return results
+
+
+def capture_replay(
+    lm: LoadedModel,
+    prompt_ids: Sequence[list[int]],
+    response_ids: Sequence[list[int]],
+    components: Sequence[str] = ("residual",),
+) -> list[CapturedSequence]:
+    """Record every layer over given prompt+response ids in one forward pass (no generation)."""
+    n_layers, comps = lm.n_layers, list(components)
+    rows = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
+    batch = lm.pad_batch(rows)
+    width = batch["input_ids"].shape[1]
+    step: dict = {}
+    with torch.no_grad(), record(lm.model, range(n_layers), comps,
+                                 on_output=lambda k, o: step.__setitem__(k, o.to("cpu"))):
+        lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 position_ids=_positions(batch["attention_mask"]), use_cache=False,
+                 logits_to_keep=1)
+    acts = {c: _stack_layers(step, c, n_layers) for c in comps}
+    results = []
+    for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        start, cut = width - len(p) - len(r), width - len(r)
+        results.append(CapturedSequence(
+            prompt_ids=list(p), response_ids=list(r),
+            response_text=response_text(lm.tokenizer, list(p), list(r)),
+            prompt={c: acts[c][b, start:cut].clone() for c in comps},
+            response={c: acts[c][b, cut:].clone() for c in comps},
+        ))
+    return results
+
+
+def _cache_kwarg(model) -> str:
+    """transformers v5 calls the KV cache ``cache``; older models still say ``past_key_values``."""
+    import inspect
+
+    from .layers import _unwrap
+
+    params = inspect.signature(_unwrap(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def _next_token(logits: torch.Tensor, temperature: float, gen: torch.Generator | None) -> torch.Tensor:
+    if temperature and temperature > 0:
+        probs = torch.softmax(logits.float() / float(temperature), dim=-1)
+        return torch.multinomial(probs, 1, generator=gen)[:, 0]
+    return logits.argmax(dim=-1)
+
+
+def _until_eos(row: list[int], eos: set[int]) -> list[int]:
+    for i, t in enumerate(row):
+        if t in eos:
+            return row[: i + 1]
+    return row
