@@ -1,0 +1,83 @@
+"""The sweep folder's bookkeeping (trait_pipeline.sweeps) and the status command's reading of it.
+
+Real sweeps on both launchers are in test_launchers.py; here the state rules, fast.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from trait_pipeline.errors import PipelineError
+from trait_pipeline.jsonio import read_json, write_json
+from trait_pipeline.sweep_status import exit_status, find_sweep, format_states, main
+from trait_pipeline.sweeps import (
+    JobRecord,
+    Manifest,
+    _expand_tasks,
+    job_file,
+    job_states,
+    mark_job,
+    read_manifest,
+    summary,
+    write_manifest,
+)
+
+
+def make_sweep(path, n=3, launcher="local"):
+    jobs = [JobRecord(i, [f"layer={10 * i}", "hydra.verbose=true"]) for i in range(n)]
+    write_manifest(path, Manifest(stage="steer", launcher=launcher, jobs=jobs))
+    return path
+
+
+def test_manifest_round_trips_and_names_jobs_by_their_overrides(tmp_path):
+    make_sweep(tmp_path)
+    m = read_manifest(tmp_path)
+    assert m.stage == "steer" and m.schema_version == 1 and len(m.jobs) == 3
+    assert m.jobs[1].name == "layer=10"  # hydra.* overrides are not part of a job's name
+    with pytest.raises(PipelineError, match="not a sweep folder"):
+        read_manifest(tmp_path / "nope")
+
+
+def test_a_requeued_job_counts_its_attempts(tmp_path):
+    make_sweep(tmp_path)
+    mark_job(tmp_path, 0, "running", output_dir="/o")
+    mark_job(tmp_path, 0, "failed", error="boom")
+    mark_job(tmp_path, 0, "running")  # a rerun clears the old error
+    rec = read_json(job_file(tmp_path, 0))
+    assert (rec["attempts"], rec["state"], rec["error"], rec["output_dir"]) == (2, "running", None, "/o")
+
+
+def test_states_from_the_jobs_own_files(tmp_path):
+    make_sweep(tmp_path, n=4)
+    mark_job(tmp_path, 0, "done")
+    mark_job(tmp_path, 1, "failed", error="layer 99 is out of range", log="/x/steer.log")
+    mark_job(tmp_path, 2, "running")  # this very process: alive
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    write_json(job_file(tmp_path, 3), {"state": "running", "pid": int(dead),
+                                       "host": os.uname().nodename, "attempts": 1})
+    states = job_states(tmp_path, query_scheduler=False)
+    assert [s.state for s in states] == ["done", "failed", "running", "lost"]
+    assert summary(states) == "4 jobs: 1 done, 1 running, 1 failed, 1 lost"
+    text = format_states(states)
+    assert "#1   failed" in text and "error: layer 99 is out of range  log: /x/steer.log" in text
+    assert exit_status(states) == 1 and exit_status(states[:1]) == 0 and exit_status(states[2:3]) == 3
+
+
+def test_status_command_finds_the_latest_sweep(tmp_path, capsys):
+    old, new = make_sweep(tmp_path / "2026-01-01_00-00-00"), make_sweep(tmp_path / "2026-02-01_00-00-00", n=1)
+    mark_job(old, 0, "done")
+    mark_job(new, 0, "done")
+    assert find_sweep(tmp_path) == new and find_sweep(old) == old
+    assert main([str(tmp_path)]) == 0
+    assert "1 jobs: 1 done" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("error: no sweep at")
+
+
+def test_array_task_ranges_of_never_started_tasks():
+    assert _expand_tasks("1-3%1") == [1, 2, 3]
+    assert _expand_tasks("0,4-5") == [0, 4, 5]
+    assert _expand_tasks("7") == [7]

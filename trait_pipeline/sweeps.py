@@ -1,0 +1,259 @@
+"""A sweep folder's bookkeeping: which jobs a multirun launched, and what became of each.
+
+The launchers (``hydra_plugins/trait_pipeline_launchers``) write it; ``sweep_status`` reads it.
+Everything lives in the variant-neutral sweep folder (``hydra.sweep.dir``)::
+
+    experiments/{exp}/sweeps/{stage}/{timestamp}/
+      multirun.yaml       Hydra's config of the whole sweep
+      sweep.json          manifest: launcher, scheduler ids, every job's overrides
+      jobs/{num}.json     written by the job itself: running | done | failed, its output dir and log
+      launch.pkl          the job callable and launcher settings, for ``sweep_status --resubmit``
+      .submitit/{id}/     SLURM jobs: submitit's files and the job's stdout/stderr logs
+
+A job's state combines its own file (authoritative once ``done``) with the scheduler's view
+(squeue, then sacct, then scontrol), so a job killed before it could write anything still
+shows up as ``cancelled`` or ``lost`` rather than forever ``running``.
+
+>>> import tempfile
+>>> d = Path(tempfile.mkdtemp())
+>>> write_manifest(d, Manifest(stage="steer", launcher="local", jobs=[JobRecord(0, ["layer=10"])]))
+>>> mark_job(d, 0, "done", output_dir="/x")
+>>> [(s.num, s.state) for s in job_states(d, query_scheduler=False)]
+[(0, 'done')]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import PipelineError
+from .jsonio import read_json, write_json
+
+SCHEMA_VERSION = 1
+ACTIVE = ("pending", "running")
+TERMINAL = ("done", "failed", "cancelled", "lost")
+LAUNCH_FILE = "launch.pkl"  # the job callable + launcher settings, for sweep_status --resubmit
+
+# SLURM job states (squeue/sacct/scontrol spell them alike) -> ours
+_SLURM_ACTIVE = {
+    "PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",
+    "REQUEUE_FED": "pending", "RESV_DEL_HOLD": "pending", "SUSPENDED": "running",
+    "RUNNING": "running", "COMPLETING": "running", "RESIZING": "running", "SIGNALING": "running",
+    "STAGE_OUT": "running", "STOPPED": "running",
+}
+_SLURM_DONE = {"COMPLETED": "done", "CANCELLED": "cancelled"}  # everything else terminal: failed
+
+
+@dataclass
+class JobRecord:
+    """One job of a sweep as the launcher submitted it."""
+
+    num: int
+    overrides: list[str]
+    scheduler_ids: list[str] = field(default_factory=list)  # one per (re)submission, latest last
+    submitit_folder: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The job as a user names it: its overrides, e.g. ``model_variant=rm_lora layer=20``."""
+        return " ".join(o for o in self.overrides if not o.startswith("hydra.")) or f"job {self.num}"
+
+
+@dataclass
+class Manifest:
+    """``sweep.json``."""
+
+    stage: str
+    launcher: str                       # local | slurm
+    jobs: list[JobRecord]
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    command: list[str] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass
+class JobStatus:
+    """What became of one job (see :func:`job_states`)."""
+
+    num: int
+    name: str
+    state: str                          # pending | running | done | failed | cancelled | lost
+    scheduler_id: str | None = None
+    scheduler_state: str | None = None
+    output_dir: str | None = None
+    log: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+def manifest_path(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / "sweep.json"
+
+
+def job_file(sweep_dir: Path, num: int) -> Path:
+    return Path(sweep_dir) / "jobs" / f"{int(num)}.json"
+
+
+def write_manifest(sweep_dir: Path, manifest: Manifest) -> None:
+    write_json(manifest_path(sweep_dir), asdict(manifest))
+
+
+def read_manifest(sweep_dir: Path) -> Manifest:
+    path = manifest_path(sweep_dir)
+    if not path.is_file():
+        raise PipelineError(
+            f"{sweep_dir} is not a sweep folder of this project (no sweep.json); expected "
+            "experiments/{experiment}/sweeps/{stage}/{timestamp}"
+        )
+    raw = read_json(path)
+    jobs = [JobRecord(**j) for j in raw.pop("jobs")]
+    return Manifest(jobs=jobs, **raw)
+
+
+def mark_job(sweep_dir: Path, num: int, state: str, **info) -> None:
+    """Record a job's own view of itself; called by the job (attempt counts SLURM restarts)."""
+    path = job_file(sweep_dir, num)
+    old = read_json(path) if path.is_file() else {}
+    rec = {**old, **info, "state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if state == "running":
+        rec.update(host=socket.gethostname(), pid=os.getpid(), attempts=int(old.get("attempts", 0)) + 1,
+                   scheduler_id=current_scheduler_id(), error=None)
+    write_json(path, rec)
+
+
+def current_scheduler_id() -> str | None:
+    """This process's SLURM job id (``123_4`` for an array task), or None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+# scheduler ----------------------------------------------------------------------------------
+def slurm_available() -> bool:
+    return shutil.which("squeue") is not None
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def scheduler_states(ids: list[str]) -> dict[str, str]:
+    """SLURM state of each job id (``123`` or ``123_4``); ids SLURM no longer knows are left out.
+
+    squeue covers queued and running jobs; finished ones come from sacct where accounting is
+    on, else from scontrol (which remembers a job for ``MinJobAge`` seconds).
+    """
+    ids = [str(i) for i in ids if i]
+    if not ids or not slurm_available():
+        return {}
+    found: dict[str, str] = {}
+    arrays = sorted({i.split("_")[0] for i in ids})
+    out = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)])
+    for line in (out or "").splitlines():
+        jid, _, state = line.strip().partition("|")
+        found[jid] = state.split()[0] if state else "UNKNOWN"
+    missing = [i for i in ids if i not in found]
+    if missing and shutil.which("sacct"):
+        out = _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(missing)])
+        for line in (out or "").splitlines():
+            jid, _, state = line.strip().partition("|")
+            if jid in missing and state:
+                found[jid] = state.split()[0]
+    missing = [i for i in ids if i not in found]
+    for array in sorted({i.split("_")[0] for i in missing}):
+        out = _run(["scontrol", "-o", "show", "job", array])
+        for line in (out or "").splitlines():
+            kv = dict(p.split("=", 1) for p in line.split() if "=" in p)
+            jids = [kv.get("JobId", "")]
+            if kv.get("ArrayTaskId", "N/A") not in ("N/A", "") and "ArrayJobId" in kv:
+                # tasks never started share one record: ArrayTaskId=1-3%1
+                jids = [f"{kv['ArrayJobId']}_{t}" for t in _expand_tasks(kv["ArrayTaskId"])]
+            for jid in jids:
+                if jid in missing and "JobState" in kv:
+                    found[jid] = kv["JobState"]
+    return {i: found[i] for i in ids if i in found}
+
+
+def _expand_tasks(spec: str) -> list[int]:
+    """``1-3%1`` -> ``[1, 2, 3]``; ``0,4-5`` -> ``[0, 4, 5]``."""
+    out: list[int] = []
+    for part in spec.split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            out += list(range(int(lo), int(hi) + 1)) if hi.isdigit() else [int(lo)]
+    return out
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def job_states(sweep_dir: Path, query_scheduler: bool = True) -> list[JobStatus]:
+    """The state of every job of a sweep, in job order (see module docstring)."""
+    sweep_dir = Path(sweep_dir)
+    manifest = read_manifest(sweep_dir)
+    latest = {j.num: j.scheduler_ids[-1] for j in manifest.jobs if j.scheduler_ids}
+    sched = scheduler_states(list(latest.values())) if query_scheduler else {}
+    out = []
+    for job in manifest.jobs:
+        path = job_file(sweep_dir, job.num)
+        own = read_json(path) if path.is_file() else {}
+        sid = latest.get(job.num)
+        st = JobStatus(
+            num=job.num, name=job.name, state="pending", scheduler_id=sid,
+            scheduler_state=sched.get(sid) if sid else None, output_dir=own.get("output_dir"),
+            log=own.get("log"), error=own.get("error"), attempts=int(own.get("attempts", 0)),
+        )
+        file_state, sched_state = own.get("state"), st.scheduler_state
+        # a job's own file is stale if a later submission of it is still queued or running
+        active = _SLURM_ACTIVE.get(sched_state or "")
+        if file_state == "done" and not active:
+            st.state = "done"
+        elif active:
+            st.state = "running" if (active == "running" or file_state == "running") else "pending"
+        elif file_state == "failed":
+            st.state = "failed"
+        elif sched_state:
+            st.state = _SLURM_DONE.get(sched_state, "failed")
+            if st.state == "done":  # SLURM says COMPLETED, the job never said so: it was killed
+                st.state = "lost"
+            if st.state != "cancelled" and not st.error:
+                st.error = f"SLURM state {sched_state}"
+        elif file_state == "running":
+            local = manifest.launcher == "local" and own.get("host") == socket.gethostname()
+            st.state = "running" if (not local or _pid_alive(own.get("pid"))) else "lost"
+            if sid and query_scheduler and slurm_available():
+                st.state = "lost"  # SLURM forgot it and it never finished
+        elif sid and query_scheduler and slurm_available():
+            st.state = "lost"
+        out.append(st)
+    return out
+
+
+def summary(states: list[JobStatus]) -> str:
+    """``4 jobs: 3 done, 1 failed``."""
+    counts: dict[str, int] = {}
+    for s in states:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    order = ("done", "running", "pending", "failed", "cancelled", "lost")
+    parts = [f"{counts[k]} {k}" for k in order if k in counts]
+    return f"{len(states)} jobs: " + ", ".join(parts)
