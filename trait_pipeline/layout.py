@@ -4,8 +4,9 @@ Everything else (stages, migration, dashboard, Hydra's output dirs through the `
 resolvers) asks this module for paths; nothing rebuilds a template by hand.
 
     experiments/{experiment}/
-      extraction/{trait}/{variant}/responses/ activations/{position}/{component}/
+      extraction/{trait}/{variant}/responses/ vetting/ activations/{position}/{component}/
                                    vectors/{position}/{component}/{method}/layer{L}.safetensors
+                                   vectors/{position}/{component}/evaluation.{json,png} logit_lens.json
       extraction/_evaluation/{variant}.json
       steering/{trait}/{variant}/{position}/{prompt_set}/results.json, responses/
       inference/{variant}/raw/{prompt_set}/{id}.safetensors  responses/{prompt_set}/{id}.json
@@ -125,11 +126,28 @@ class Layout:
     ) -> Path:
         return self.vectors_dir(trait, variant, position, component, method) / layer_file(layer)
 
-    def logit_lens_path(self, trait: str, variant: str) -> Path:
-        return self.extraction_dir(trait, variant) / "logit_lens.json"
+    def vector_results_dir(self, trait: str, variant: str, position: str, component: str) -> Path:
+        """``vectors/{position}/{component}/``: what was measured about the vectors in it."""
+        return (
+            self.extraction_dir(trait, variant) / "vectors" / position_dirname(position)
+            / check_name("component", component)
+        )
 
-    def trait_evaluation_path(self, trait: str, variant: str) -> Path:
-        return self.extraction_dir(trait, variant) / "evaluation.json"
+    def logit_lens_path(self, trait: str, variant: str, position: str | None = None,
+                        component: str | None = None) -> Path:
+        """``vectors/{position}/{component}/logit_lens.json`` (extract writes one per position
+        and component); without them the trait-level file of migrated legacy experiments."""
+        if position is None or component is None:
+            return self.extraction_dir(trait, variant) / "logit_lens.json"
+        return self.vector_results_dir(trait, variant, position, component) / "logit_lens.json"
+
+    def trait_evaluation_path(self, trait: str, variant: str, position: str, component: str) -> Path:
+        """Val metrics of every method x layer at one position and component (+ best)."""
+        return self.vector_results_dir(trait, variant, position, component) / "evaluation.json"
+
+    def evaluation_plot_path(self, trait: str, variant: str, position: str, component: str) -> Path:
+        """The layer x method heatmap of :meth:`trait_evaluation_path`."""
+        return self.vector_results_dir(trait, variant, position, component) / "evaluation.png"
 
     def evaluation_path(self, variant: str) -> Path:
         """Per-variant evaluation of every trait x method x layer (``_`` keeps it apart from categories)."""
@@ -254,6 +272,24 @@ class Layout:
                 continue
             if m and NAME_RE.match(comp) and NAME_RE.match(method):
                 out.append((position, comp, method, int(m.group(1)), path))
+        return out
+
+    def logit_lens_files(self, trait: str, variant: str) -> list[tuple[str | None, str | None, Path]]:
+        """Logit-lens JSONs of a trait: ``(position, component, path)``, sorted. The extract
+        stage writes one per vector site (``vectors/{pos}/{comp}/logit_lens.json``); a
+        trait-level ``logit_lens.json`` (migrated data) comes last with ``None`` for both."""
+        base = self.extraction_dir(trait, variant) / "vectors"
+        out: list[tuple[str | None, str | None, Path]] = []
+        for path in sorted(base.glob("*/*/logit_lens.json")):
+            try:
+                position = parse_position_dir(path.parent.parent.name)
+            except ValueError:
+                continue
+            if NAME_RE.match(path.parent.name):
+                out.append((position, path.parent.name, path))
+        legacy = self.logit_lens_path(trait, variant)
+        if legacy.is_file():
+            out.append((None, None, legacy))
         return out
 
     def steering_results_files(self, trait: str, variant: str) -> list[tuple[str, str, Path]]:

@@ -1,0 +1,417 @@
+// trait-pipeline dashboard: three views over the JSON API of trait_pipeline/serve.py.
+// Every file location comes from the API (discovery lives in layout.py); this script only
+// names things (experiment, variant, trait, prompt set, id) and plots what it gets back.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const VIEWS = ["extraction", "steering", "dynamics"];
+const DEFAULTS = {
+  view: "extraction", metric: "combined_score", smetric: "delta", coh: "75",
+  smooth: "1", center: "1", cosine: "0", mode: "overlay", compare: "",
+};
+const PLOT_CONFIG = { displaylogo: false, responsive: true };
+const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+
+// ---- state: the URL's query string is the single source of truth --------------------
+const state = Object.fromEntries(new URLSearchParams(location.search));
+function get(key) { return state[key] !== undefined ? state[key] : DEFAULTS[key]; }
+function set(patch, rerender = true) {
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === undefined || v === null || v === "") delete state[k]; else state[k] = String(v);
+  }
+  const qs = new URLSearchParams(state).toString();
+  history.replaceState(null, "", qs ? `?${qs}` : location.pathname);
+  if (rerender) render();
+}
+
+async function api(path, params = {}) {
+  const q = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== undefined && v !== null && v !== ""));
+  const url = `/api/${path.map(encodeURIComponent).join("/")}${q.toString() ? "?" + q : ""}`;
+  const resp = await fetch(url);
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new Error(body.detail || `${resp.status} ${resp.statusText}`);
+  return body;
+}
+
+function fillSelect(sel, options, value) {
+  // options: [value] or [[value, label]]; returns the value actually selected
+  const items = options.map((o) => (Array.isArray(o) ? o : [o, o]));
+  sel.innerHTML = "";
+  for (const [v, label] of items) {
+    const opt = document.createElement("option");
+    opt.value = v; opt.textContent = label; sel.appendChild(opt);
+  }
+  const values = items.map(([v]) => v);
+  sel.value = values.includes(value) ? value : (values[0] ?? "");
+  return sel.value;
+}
+
+function table(el, header, rows) {
+  el.innerHTML = "";
+  const tr = el.insertRow();
+  for (const h of header) { const th = document.createElement("th"); th.textContent = h; tr.appendChild(th); }
+  for (const row of rows) {
+    const r = el.insertRow();
+    for (const cell of row) {
+      const td = r.insertCell();
+      if (typeof cell === "number") { td.textContent = fmt(cell); td.className = "num"; }
+      else td.textContent = cell ?? "";
+    }
+  }
+}
+const fmt = (x, d = 3) => (x === null || x === undefined ? "" : Number.isInteger(x) ? String(x) : x.toFixed(d));
+
+function showError(msg) {
+  $("error").hidden = !msg;
+  $("error").textContent = msg || "";
+  if (msg) document.body.dataset.error = msg; else delete document.body.dataset.error;
+}
+
+// ---- shell: experiment, view tabs, variant and trait pickers ------------------------
+let overview = null;
+let renderSeq = 0;
+
+async function init() {
+  for (const b of document.querySelectorAll("#tabs button")) {
+    b.addEventListener("click", () => set({ view: b.dataset.view }));
+  }
+  $("exp").addEventListener("change", (e) => set({ exp: e.target.value, variant: "", trait: "" }));
+  $("variant").addEventListener("change", (e) => set({ variant: e.target.value }));
+  $("trait").addEventListener("change", (e) => set({ trait: e.target.value }));
+  bindExtraction(); bindSteering(); bindDynamics();
+  const { experiments } = await api(["experiments"]);
+  if (!experiments.length) { showError("no experiments found under the served directory"); done(); return; }
+  render();
+}
+
+async function render() {
+  const seq = ++renderSeq;
+  document.body.dataset.ready = "false";
+  showError("");
+  try {
+    const { experiments } = await api(["experiments"]);
+    const exp = fillSelect($("exp"), experiments, get("exp"));
+    if (!overview || overview.experiment !== exp) overview = await api(["experiments", exp]);
+    const view = VIEWS.includes(get("view")) ? get("view") : "extraction";
+    for (const v of VIEWS) $(`view-${v}`).hidden = v !== view;
+    for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.view === view);
+    const area = overview[view === "dynamics" ? "inference" : view];
+    const variant = fillSelect($("variant"), area.variants, get("variant"));
+    const trait = fillSelect($("trait"), area.traits, get("trait"));
+    set({ exp, view, variant, trait }, false);
+    if (!variant || !trait) throw new Error(`no ${view} data in experiment ${exp}`);
+    await ({ extraction: renderExtraction, steering: renderSteering, dynamics: renderDynamics })[view](seq);
+  } catch (err) {
+    if (seq === renderSeq) showError(err.message);
+  } finally {
+    if (seq === renderSeq) done();
+  }
+}
+function done() { document.body.dataset.ready = "true"; }
+const stale = (seq) => seq !== renderSeq;
+
+// ---- extraction ---------------------------------------------------------------------
+function bindExtraction() {
+  $("ext-metric").addEventListener("change", (e) => set({ metric: e.target.value }));
+  $("ext-site").addEventListener("change", (e) => set({ site: e.target.value }));
+}
+
+async function renderExtraction(seq) {
+  const data = await api(["experiments", get("exp"), "extraction", get("variant")]);
+  if (stale(seq)) return;
+  const trait = get("trait");
+  const metric = fillSelect($("ext-metric"), data.metrics, get("metric"));
+  const grids = data.heatmaps[trait] || [];
+  const site = fillSelect($("ext-site"), grids.map((g, i) => [String(i), `${g.position} / ${g.component}`]), get("site"));
+  set({ metric, site }, false);
+  $("ext-source").textContent = data.evaluation_file ? `from ${data.evaluation_file}` : "no evaluation file";
+  const g = grids[Number(site)];
+  if (g) {
+    Plotly.react("ext-heatmap", [{
+      type: "heatmap", x: g.layers, y: g.methods, z: g.metrics[metric], colorscale: "Viridis",
+      hovertemplate: "layer %{x}<br>%{y}<br>" + metric + " %{z:.3f}<extra></extra>",
+      colorbar: { title: { text: metric } },
+    }], {
+      title: { text: `${trait} on ${data.variant}: ${metric} (layer × method)` },
+      xaxis: { title: { text: "layer (output of decoder block L)" }, dtick: 1 },
+      yaxis: { title: { text: "method" }, type: "category" }, margin: { l: 110 },
+    }, PLOT_CONFIG);
+  } else {
+    Plotly.purge("ext-heatmap"); $("ext-heatmap").textContent = `no evaluation rows for ${trait}`;
+  }
+  table($("ext-best"), ["trait", "method", "layer", "position", "component", "val acc", "effect size", "combined"],
+    Object.entries(data.best).map(([t, b]) => [t, b.method, b.layer, b.position, b.component,
+      b.val_accuracy, b.val_effect_size, b.combined_score]));
+  // the logit lens of the vectors at the chosen site (position / component), else the first
+  const lenses = data.logit_lens[trait] || [];
+  const lens = lenses.find((l) => g && l.position === g.position && l.component === g.component) || lenses[0];
+  const rows = [];
+  for (const [method, depths] of Object.entries((lens && lens.methods) || {})) {
+    for (const [depth, d] of Object.entries(depths)) {
+      rows.push([method, `${depth} (L${d.layer})`,
+        (d.toward || []).map((t) => t.token).join(" "), (d.away || []).map((t) => t.token).join(" ")]);
+    }
+  }
+  table($("ext-lens"), ["method", "layer", "toward", "away"], rows);
+}
+
+// ---- steering -----------------------------------------------------------------------
+function bindSteering() {
+  $("steer-file").addEventListener("change", (e) => set({ results: e.target.value, run: "" }));
+  $("steer-group").addEventListener("change", (e) => set({ group: e.target.value }));
+  $("steer-metric").addEventListener("change", (e) => set({ smetric: e.target.value }));
+  $("steer-coh").addEventListener("input", (e) => { $("steer-coh-value").textContent = e.target.value; });
+  $("steer-coh").addEventListener("change", (e) => set({ coh: e.target.value }));
+  $("steer-compare").addEventListener("change", (e) => set({ compare: e.target.value }));
+  $("steer-run").addEventListener("change", (e) => set({ run: e.target.value }));
+}
+
+function steeringHeatmap(div, res, group, metric, minCoh) {
+  const z = group[metric];
+  const text = group.coherence.map((row, i) => row.map((c, j) => {
+    const v = z[i][j];
+    if (v === null) return "";
+    return (c !== null && c < minCoh ? "✗ " : "") + v.toFixed(0);
+  }));
+  Plotly.react(div, [{
+    type: "heatmap", x: group.coefs.map(String), y: group.layers.map(String), z,
+    text, texttemplate: "%{text}", customdata: group.runs,
+    colorscale: metric === "delta" ? "RdBu" : "Viridis",
+    zmid: metric === "delta" ? 0 : undefined,
+    hovertemplate: "layer %{y}, coef %{x}<br>" + metric + " %{z:.1f}<br>run %{customdata}<extra></extra>",
+  }], {
+    title: { text: `${res.trait} on ${res.variant}: ${metric} (✗ = coherence < ${minCoh})` },
+    xaxis: { title: { text: "coefficient" }, type: "category" },
+    yaxis: { title: { text: "layer" }, type: "category" }, margin: { l: 60 },
+  }, PLOT_CONFIG);
+  $(div).removeAllListeners?.("plotly_click");
+  $(div).on("plotly_click", (ev) => {
+    const run = ev.points && ev.points[0] && ev.points[0].customdata;
+    if (run) set({ run });
+  });
+}
+
+async function renderSteering(seq) {
+  const exp = get("exp"), variant = get("variant"), trait = get("trait");
+  const index = await api(["experiments", exp, "steering", variant], { trait });
+  if (stale(seq)) return;
+  const fileKey = (f) => `${f.position_dir}|${f.prompt_set}`;
+  const files = index.results.map((f) => [fileKey(f), `${f.position} / ${f.prompt_set}`]);
+  const results = fillSelect($("steer-file"), files, get("results"));
+  if (!results) throw new Error(`no steering results for ${trait} on ${variant}`);
+  const [position, prompt_set] = results.split("|");
+  const minCoh = Number(get("coh"));
+  $("steer-coh").value = minCoh; $("steer-coh-value").textContent = minCoh;
+  const others = overview.steering.variants.filter((v) => v !== variant);
+  const compare = fillSelect($("steer-compare"), [["", "(none)"], ...others], get("compare"));
+  const params = { trait, position, prompt_set, min_coherence: minCoh };
+  const res = await api(["experiments", exp, "steering", variant, "results"], params);
+  let resB = null;
+  if (compare) {
+    try { resB = await api(["experiments", exp, "steering", compare, "results"], params); }
+    catch (err) { resB = { error: err.message }; }
+  }
+  if (stale(seq)) return;
+  const groupKey = (g) => `${g.method}|${g.component}`;
+  const group = fillSelect($("steer-group"), res.groups.map((g) => [groupKey(g), `${g.method} / ${g.component}`]), get("group"));
+  const metric = $("steer-metric").value = ["delta", "coherence", "trait"].includes(get("smetric")) ? get("smetric") : "delta";
+  set({ results, group, compare, smetric: metric }, false);
+  const g = res.groups.find((x) => groupKey(x) === group);
+  if (!g) throw new Error(`no single-layer runs in ${res.results_file}`);
+  // unhide the second panel first so the first one is laid out at its final width
+  const gB = resB && !resB.error ? resB.groups.find((x) => groupKey(x) === group) : null;
+  $("steer-heatmap-b").hidden = !compare;
+  steeringHeatmap("steer-heatmap", res, g, metric, minCoh);
+  if (compare) {
+    if (gB) steeringHeatmap("steer-heatmap-b", resB, gB, metric, minCoh);
+    else { Plotly.purge("steer-heatmap-b"); $("steer-heatmap-b").textContent = resB.error || `no ${group} runs on ${compare}`; }
+  }
+
+  // best coherent run per layer, and the unsteered baseline, per variant
+  const traces = [], shapes = [];
+  [[res, g], [resB, gB]].forEach(([r, gg], i) => {
+    if (!r || !gg) return;
+    const best = gg.best_per_layer.filter((b) => b.best);
+    traces.push({
+      type: "scatter", mode: "lines+markers", name: `${r.variant}: best trait score (coherence ≥ ${minCoh})`,
+      x: best.map((b) => b.layer), y: best.map((b) => b.best.trait_mean), customdata: best.map((b) => b.best.coef),
+      hovertemplate: "layer %{x}: trait %{y:.1f} at coef %{customdata}<extra></extra>", line: { color: COLORS[i] },
+    });
+    if (r.baseline.trait_mean !== null) {
+      traces.push({
+        type: "scatter", mode: "lines", name: `${r.variant}: baseline ${r.baseline.trait_mean.toFixed(1)}`,
+        x: [Math.min(...gg.layers), Math.max(...gg.layers)], y: [r.baseline.trait_mean, r.baseline.trait_mean],
+        line: { color: COLORS[i], dash: "dash" }, hoverinfo: "name",
+      });
+    }
+  });
+  Plotly.react("steer-best", traces, {
+    title: { text: `Best coefficient per layer under coherence ≥ ${minCoh}` },
+    xaxis: { title: { text: "layer" }, dtick: 1 }, yaxis: { title: { text: "trait score" } },
+  }, PLOT_CONFIG);
+
+  // response browser: the baseline or any run with saved responses
+  const runs = res.runs.filter((r) => r.has_responses).map((r) => [r.run,
+    `L${r.layers.join("+")} c${r.coefs.join("/")} ${r.method || ""}: trait ${fmt(r.trait_mean, 1)}, coherence ${fmt(r.coherence_mean, 1)}`]);
+  const run = fillSelect($("steer-run"), [["baseline", "baseline (no steering)"], ...runs], get("run") || "baseline");
+  set({ run }, false);
+  try {
+    const resp = await api(["experiments", exp, "steering", variant, "responses"], { trait, position, prompt_set, run });
+    if (stale(seq)) return;
+    $("steer-run-file").textContent = resp.file;
+    table($("steer-responses"), ["question", "response", "trait", "coherence"],
+      resp.responses.map((x) => [x.question, x.response, x.trait_score, x.coherence_score]));
+  } catch (err) {
+    $("steer-run-file").textContent = err.message;
+    table($("steer-responses"), ["question", "response", "trait", "coherence"], []);
+  }
+}
+
+// ---- trait dynamics -------------------------------------------------------------------
+function bindDynamics() {
+  $("dyn-set").addEventListener("change", (e) => set({ set: e.target.value, id: "", token: "" }));
+  $("dyn-id").addEventListener("change", (e) => set({ id: e.target.value, token: "" }));
+  for (const k of ["smooth", "center", "cosine"]) {
+    $(`dyn-${k}`).addEventListener("change", (e) => set({ [k]: e.target.checked ? "1" : "0" }));
+  }
+  $("dyn-compare").addEventListener("change", (e) => set({ compare: e.target.value }));
+  $("dyn-mode").addEventListener("change", (e) => set({ mode: e.target.value }));
+  $("dyn-token").addEventListener("input", (e) => selectToken(Number(e.target.value)));
+}
+
+// centred moving average over `w` tokens, with a shorter window at the edges
+function smooth(xs, w = 3) {
+  const h = Math.floor(w / 2);
+  return xs.map((_, i) => {
+    const win = xs.slice(Math.max(0, i - h), i + h + 1);
+    return win.reduce((a, b) => a + b, 0) / win.length;
+  });
+}
+
+function traceValues(trace, s, opts) {
+  // one series of one variant: prompt + response, transformed as the toggles say
+  let y = [...s.prompt, ...s.response];
+  const norms = trace.token_norms ? [...(trace.token_norms.prompt || []), ...(trace.token_norms.response || [])] : null;
+  if (opts.cosine && norms && norms.length >= y.length) y = y.map((v, i) => v / (norms[i] || 1));
+  if (opts.center && y.length) { const y0 = y[0]; y = y.map((v) => v - y0); }
+  if (opts.smooth) y = smooth(y);
+  return y;
+}
+
+function velocity(s, opts) {
+  // from the raw projection: smooth, first difference, smooth again; plotted between tokens
+  let y = [...s.prompt, ...s.response];
+  if (opts.smooth) y = smooth(y);
+  let d = y.slice(1).map((v, i) => v - y[i]);
+  if (opts.smooth) d = smooth(d);
+  return { x: d.map((_, i) => i + 0.5), y: d };
+}
+
+let dyn = null; // the data currently plotted, for token selection without refetching
+
+async function renderDynamics(seq) {
+  const exp = get("exp"), variant = get("variant"), trait = get("trait");
+  const index = await api(["experiments", exp, "inference", variant]);
+  if (stale(seq)) return;
+  const setName = fillSelect($("dyn-set"), Object.keys(index.prompt_sets), get("set"));
+  if (!setName) throw new Error(`no projections on ${variant}`);
+  const ps = index.prompt_sets[setName];
+  const id = fillSelect($("dyn-id"), ps.ids.map((i) => [i, ps.notes[i] && ps.notes[i].note ? `${i}: ${ps.notes[i].note}` : i]), get("id"));
+  const compare = fillSelect($("dyn-compare"), [["", "(none)"], ...index.other_variants], get("compare"));
+  const mode = $("dyn-mode").value = get("mode") === "diff" ? "diff" : "overlay";
+  const opts = { smooth: get("smooth") === "1", center: get("center") === "1", cosine: get("cosine") === "1" };
+  $("dyn-smooth").checked = opts.smooth; $("dyn-center").checked = opts.center; $("dyn-cosine").checked = opts.cosine;
+  $("dyn-mode").disabled = !compare;
+  set({ set: setName, id, compare }, false);
+  const data = await api(["experiments", exp, "inference", variant, "projection"],
+    { trait, prompt_set: setName, id, compare });
+  if (stale(seq)) return;
+
+  const main = data.main, other = data.other;
+  const tokens = [...main.tokens.prompt, ...main.tokens.response];
+  const nPrompt = main.tokens.prompt.length;
+  const traces = [];
+  main.series.forEach((s, i) => {
+    const y = traceValues(main, s, opts);
+    if (other && mode === "diff") {
+      const so = other.series.find((o) => o.label === s.label) || other.series[i] || other.series[0];
+      const yo = traceValues(other, so, opts);
+      const n = Math.min(y.length, yo.length);
+      traces.push({ type: "scatter", mode: "lines", name: `${main.variant} − ${other.variant}: ${s.label}`,
+        x: [...Array(n).keys()], y: y.slice(0, n).map((v, k) => v - yo[k]), line: { color: COLORS[i] },
+        customdata: tokens.slice(0, n), hovertemplate: "%{x} %{customdata}: %{y:.3f}<extra></extra>" });
+    } else {
+      traces.push({ type: "scatter", mode: "lines", name: `${main.variant}: ${s.label}`,
+        x: [...Array(y.length).keys()], y, line: { color: COLORS[i] },
+        customdata: tokens, hovertemplate: "%{x} %{customdata}: %{y:.3f}<extra></extra>" });
+    }
+  });
+  if (other && mode === "overlay") {
+    const otherTokens = [...other.tokens.prompt, ...other.tokens.response];
+    other.series.forEach((s, i) => {
+      const y = traceValues(other, s, opts);
+      const source = other.replayed_from ? ` (replaying ${other.replayed_from})` : "";
+      traces.push({ type: "scatter", mode: "lines", name: `${other.variant}${source}: ${s.label}`,
+        x: [...Array(y.length).keys()], y, line: { color: COLORS[(i + 1) % COLORS.length], dash: "dot" },
+        customdata: otherTokens, hovertemplate: "%{x} %{customdata}: %{y:.3f}<extra></extra>" });
+    });
+  }
+  $("dyn-note").textContent = other ? (data.same_tokens
+    ? `${other.variant} read the same tokens (${other.replayed_from ? "replay of " + other.replayed_from + "'s responses" : "identical generations"}).`
+    : `${other.variant} generated its own response: tokens align by position only.`) : "";
+  const vals = traces.flatMap((t) => t.y);
+  const lim = Math.max(0.15, ...vals.map(Math.abs));
+  const ylabel = (opts.cosine ? "cosine (proj / ‖h‖)" : "projection on unit vector") + (opts.center ? ", centred" : "");
+  dyn = { tokens, nPrompt, main };
+  Plotly.react("dyn-plot", traces, {
+    title: { text: `${trait} on ${setName}/${id}` + (other ? (mode === "diff" ? ` — ${main.variant} − ${other.variant}` : ` — ${main.variant} vs ${other.variant}`) : "") },
+    xaxis: { title: { text: "token (prompt | response)" } }, yaxis: { title: { text: ylabel }, range: vals.length && lim <= 0.15 ? [-0.15, 0.15] : undefined },
+    shapes: dynShapes(0), legend: { orientation: "h", y: -0.3 }, margin: { b: 100 },
+  }, PLOT_CONFIG);
+  $("dyn-plot").removeAllListeners?.("plotly_click");
+  $("dyn-plot").on("plotly_click", (ev) => ev.points && ev.points[0] && selectToken(ev.points[0].x));
+
+  const vtraces = main.series.map((s, i) => ({ type: "scatter", mode: "lines", name: `${main.variant}: ${s.label}`,
+    ...velocity(s, opts), line: { color: COLORS[i] } }));
+  if (other) other.series.forEach((s, i) => vtraces.push({ type: "scatter", mode: "lines",
+    name: `${other.variant}: ${s.label}`, ...velocity(s, opts), line: { color: COLORS[(i + 1) % COLORS.length], dash: "dot" } }));
+  Plotly.react("dyn-velocity", vtraces, {
+    title: { text: "Velocity (first difference of the projection)" },
+    xaxis: { title: { text: "token" } }, shapes: [divider(nPrompt)], margin: { t: 40 },
+  }, PLOT_CONFIG);
+
+  const box = $("dyn-tokens");
+  box.innerHTML = "";
+  tokens.forEach((t, i) => {
+    if (i === nPrompt) { const d = document.createElement("span"); d.className = "divider"; d.title = "response starts"; box.appendChild(d); }
+    const el = document.createElement("span");
+    el.textContent = t; el.dataset.index = i; el.className = i < nPrompt ? "prompt" : "response";
+    el.addEventListener("click", () => selectToken(i));
+    box.appendChild(el);
+  });
+  $("dyn-token").max = Math.max(0, tokens.length - 1);
+  const tok = Math.min(Number(get("token") || nPrompt), tokens.length - 1);
+  selectToken(Math.max(0, tok));
+}
+
+function divider(nPrompt) {
+  return { type: "line", xref: "x", yref: "paper", x0: nPrompt - 0.5, x1: nPrompt - 0.5, y0: 0, y1: 1,
+    line: { color: "#c33", width: 2 }, name: "prompt | response" };
+}
+function dynShapes(token) {
+  return [divider(dyn.nPrompt), { type: "line", xref: "x", yref: "paper", x0: token, x1: token, y0: 0, y1: 1,
+    line: { color: "#c90", width: 1, dash: "dot" }, name: "current token" }];
+}
+
+function selectToken(i) {
+  if (!dyn) return;
+  $("dyn-token").value = i;
+  $("dyn-token-label").textContent = `${i}: ${JSON.stringify(dyn.tokens[i] ?? "")}${i < dyn.nPrompt ? " (prompt)" : " (response)"}`;
+  for (const el of $("dyn-tokens").querySelectorAll("span[data-index]")) {
+    el.classList.toggle("current", Number(el.dataset.index) === i);
+  }
+  Plotly.relayout("dyn-plot", { shapes: dynShapes(i) });
+  set({ token: i }, false);
+}
+
+init().catch((err) => { showError(err.message); done(); });
