@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import component_module, output_tensor
+from .layers import component_modules
 
 Key = tuple[str, int]  # (component, layer)
 
@@ -44,22 +44,26 @@ def record(
     """Hook ``components`` at ``layers``; hooks are removed on exit, even on error."""
     rec = Recording()
     handles = []
+    layers = [int(la) for la in layers]
 
+    # the hook runs once per layer per forward pass: keep it to the bare minimum
     def make_hook(key: Key):
-        def hook(_module, _inputs, output):
-            out = output_tensor(output).detach()
-            if on_output is not None:
-                on_output(key, out)
-            else:
-                rec.calls[key].append(out.to("cpu") if to_cpu else out)
+        if on_output is not None:
+            def hook(_module, _inputs, output):
+                on_output(key, (output[0] if isinstance(output, tuple) else output).detach())
+        else:
+            calls = rec.calls
+
+            def hook(_module, _inputs, output):
+                out = (output[0] if isinstance(output, tuple) else output).detach()
+                calls[key].append(out.to("cpu") if to_cpu else out)
 
         return hook
 
     try:
         for comp in components:
-            for layer in layers:
-                mod = component_module(model, int(layer), comp)
-                handles.append(mod.register_forward_hook(make_hook((comp, int(layer)))))
+            for layer, mod in zip(layers, component_modules(model, layers, comp)):
+                handles.append(mod.register_forward_hook(make_hook((comp, layer))))
         yield rec
     finally:
         for h in handles:

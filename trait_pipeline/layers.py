@@ -13,7 +13,8 @@ from torch import nn
 
 from .errors import PipelineError
 
-LAYER_CONVENTION = "output of decoder block L (0-based) = hidden_states[L+1]"
+LAYER_CONVENTION = ("output of decoder block L (0-based) = hidden_states[L+1]"
+                    " (for the last block: before the final norm HF applies there)")
 
 # component -> path inside a decoder block ("" = the block itself)
 _COMPONENT_PATHS = {
@@ -71,7 +72,22 @@ def component_module(model: nn.Module, layer: int, component: str) -> nn.Module:
         raise PipelineError(
             f"unknown component {component!r}; expected one of: {', '.join(_COMPONENT_PATHS)}"
         )
-    block = decoder_layers(model)[check_layers(model, [layer])[0]]
+    return _in_block(decoder_layers(model)[check_layers(model, [layer])[0]], component)
+
+
+def component_modules(model: nn.Module, layers: list[int], component: str) -> list[nn.Module]:
+    """:func:`component_module` for many layers, finding the decoder blocks once.
+
+    Hooking all 24-80 layers of a model happens on every capture call; per-layer lookups
+    were half of the hooks' cost on small models (bench/bench_capture.py).
+    """
+    if component not in _COMPONENT_PATHS:
+        component_module(model, 0, component)  # raises the one-line error
+    blocks = decoder_layers(model)
+    return [_in_block(blocks[la], component) for la in check_layers(model, list(layers))]
+
+
+def _in_block(block: nn.Module, component: str) -> nn.Module:
     path = _COMPONENT_PATHS[component]
     if component in _SANDWICH_PATHS and hasattr(block, "pre_feedforward_layernorm"):
         path = _SANDWICH_PATHS[component]
