@@ -29,7 +29,6 @@ from .infer import load_choice, project_file
 from .jsonio import read_json, write_json
 from .layout import SCHEMA_VERSION, Layout, check_name
 from .positions import canonical
-from .projection import mean
 from .prompt_sets import load_prompt_set
 
 log = logging.getLogger(__name__)
@@ -61,6 +60,8 @@ def _captured_ids(lay: Layout, variant: str, prompt_set: str, replayed_from: str
 
 def compare(cfg: DictConfig) -> dict:
     """Build the comparison record (also written to disk by :func:`run`)."""
+    from .projection import mean  # torch-backed: imported here so `--help` stays light
+
     lay = layout(cfg)
     a, b = _pair(cfg)
     replay = bool(cfg.get("replay"))

@@ -6,7 +6,7 @@ Runs the real entry points, one after the other, exactly as a user would type th
 2. ``steer model_variant=rm_lora -m layer=10,20``   the mission command
 3. ``infer -m model_variant=instruct,rm_lora``      per-token monitoring of both variants
 4. ``infer model_variant=rm_lora replay=instruct``  the same tokens through rm_lora
-5. ``compare``                      rm_lora vs instruct on the demo prompt set
+5. ``compare model_variants=[instruct,rm_lora]`` (own answers, then ``replay=true``: same tokens)
 
 Extra arguments are passed to every stage (e.g. ``paths.experiments=/tmp/x``). Everything
 runs offline on CPU; the demo model family is built on first use (a few minutes).
@@ -24,7 +24,8 @@ STEPS: list[tuple[str, list[str]]] = [
     ("steer", ["model_variant=rm_lora", "-m", "layer=10,20"]),
     ("infer", ["-m", "model_variant=instruct,rm_lora"]),
     ("infer", ["model_variant=rm_lora", "replay=instruct"]),
-    ("compare", []),
+    ("compare", ["model_variants=[instruct,rm_lora]"]),
+    ("compare", ["model_variants=[instruct,rm_lora]", "replay=true"]),
 ]
 
 

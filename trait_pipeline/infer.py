@@ -28,8 +28,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig
 
 from .best_vector import VectorChoice, select_vector
@@ -37,17 +37,23 @@ from .cli import stage_main
 from .config import VariantSpec, as_list, layout, variant_names, variant_spec
 from .errors import PipelineError
 from .jsonio import read_json, write_json
-from .layers import LAYER_CONVENTION
 from .layout import SCHEMA_VERSION, Layout
 from .positions import canonical
-from .projection import mean, project_tokens, unit
 from .prompt_sets import Prompt, PromptSet, load_prompt_set, resolve_prompt_sets
-from .vector_store import atomic_save_tensors, load_tensors, load_vector
+
+if TYPE_CHECKING:  # torch-backed modules load on first use: `--cfg job` and `--help` stay fast
+    import torch
 
 log = logging.getLogger(__name__)
 
 CAPTURE_BUDGET_BYTES = 2 * 1024**3  # CPU bytes of activations one batch may hold
 CAPTURABLE = ("residual", "attn_out", "mlp_out")  # the [n_tok, n_layers, hidden] ones
+
+
+def _layer_convention() -> str:
+    from .layers import LAYER_CONVENTION  # layers imports torch; keep `--help` light
+
+    return LAYER_CONVENTION
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,8 @@ def _phase(text: str, tok, ids: list[int]) -> dict:
 
 def _batch_limit(lm, items: Sequence[Item], components: Sequence[str], max_new: int) -> int:
     """How many sequences' activations fit in :data:`CAPTURE_BUDGET_BYTES` at once."""
+    import torch
+
     cfg = getattr(lm.model, "config", None)
     hidden = int(getattr(cfg, "hidden_size", 4096))
     elt = torch.finfo(next(lm.model.parameters()).dtype).bits // 8
@@ -122,6 +130,8 @@ def capture_items(
 
 
 def _write_capture(lay, spec, cfg, prompt_set, item, seq, components, replayed_from, lm) -> None:
+    from .vector_store import atomic_save_tensors
+
     pid = item.prompt.id
     raw = lay.raw_path(spec.name, prompt_set.name, pid, replayed_from)
     tensors = {f"prompt.{c}": seq.prompt[c] for c in components}
@@ -134,7 +144,7 @@ def _write_capture(lay, spec, cfg, prompt_set, item, seq, components, replayed_f
     meta = {
         "experiment": str(cfg.experiment), "model_variant": spec.name, "model": spec.model,
         "lora": spec.lora, "revision": spec.revision, "prompt_set": prompt_set.name,
-        "prompt_id": pid, "components": list(components), "layer_convention": LAYER_CONVENTION,
+        "prompt_id": pid, "components": list(components), "layer_convention": _layer_convention(),
         "replayed_from": replayed_from, "shape": "[n_tokens, n_layers, hidden]",
     }
     atomic_save_tensors(raw, tensors, meta)
@@ -189,6 +199,9 @@ def vector_baseline(lay: Layout, choice: VectorChoice, vector: torch.Tensor, met
     Taken from the vector's provenance (``baseline``) or its ``metadata.json`` when the
     extraction recorded it, else computed from the saved train activations.
     """
+    from .projection import unit
+    from .vector_store import load_tensors
+
     if isinstance(meta.get("baseline"), (int, float)):
         return float(meta["baseline"])
     md_path = choice.path.parent / "metadata.json"
@@ -226,11 +239,13 @@ class LoadedVector:
             "selection_source": c.selection_source, "selection_score": c.score,
             "selection_reason": c.reason, "steering_coefficient": c.coefficient,
             "baseline": self.baseline, "centered": centered,
-            "layer_convention": self.provenance.get("layer_convention", LAYER_CONVENTION),
+            "layer_convention": self.provenance.get("layer_convention", _layer_convention()),
         }
 
 
 def load_choice(lay: Layout, choice: VectorChoice, centered: bool) -> LoadedVector:
+    from .vector_store import load_vector
+
     vector, meta = load_vector(choice.path)
     baseline = vector_baseline(lay, choice, vector, meta) if centered else None
     return LoadedVector(choice, vector, meta, baseline)
@@ -243,6 +258,9 @@ _SAME_VECTOR_KEYS = ("model_variant", "layer", "method", "component", "position"
 def project_file(lay: Layout, variant: str, prompt_set: str, prompt_id, vec: LoadedVector,
                  centered: bool, replayed_from: str | None = None) -> dict:
     """Project one captured prompt onto ``vec``; returns the projection record (not written)."""
+    from .projection import mean, project_tokens
+    from .vector_store import load_tensors
+
     raw = lay.raw_path(variant, prompt_set, prompt_id, replayed_from)
     tensors, meta = load_tensors(raw)
     comp, layer = vec.choice.component, vec.choice.layer
@@ -318,6 +336,8 @@ def _check_replay(cfg: DictConfig, lay: Layout, replay: str, sets: list[PromptSe
 
 def run(cfg: DictConfig) -> dict:
     """Capture and project every prompt set of ``cfg``; returns ``{trait: {set: mean}}``."""
+    from .projection import mean
+
     lay = layout(cfg)
     spec = variant_spec(cfg)
     replay = None if cfg.get("replay") in (None, "", "null") else str(cfg.replay)
