@@ -87,8 +87,6 @@ def test_writes_the_full_tree(demo):
     assert set(summary["timings"]) >= {"generate", "activations", "vectors", "evaluate", "total"}
 
 
-@pytest.mark.xfail(reason="demo base model ignores the sentiment of its prompt (see report); "
-                          "passes once demo_family plants the trait in base continuations", strict=False)
 def test_planted_trait_is_recovered(demo):
     _, lay, _, _ = demo
     rows = json.loads(lay.evaluation_path("base").read_text())["results"]

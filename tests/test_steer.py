@@ -64,7 +64,8 @@ def test_mission_command_two_jobs_one_results_file(extracted, monkeypatch):
         assert r["vector_source"]["model_variant"] == "base"
         assert r["vector_provenance"][0]["model_variant"] == "base"
         assert set(r["result"]) >= {"trait_mean", "coherence_mean", "n", "steerability"}
-        assert r["result"]["n"] == 20 and r["baseline_key"] == data["baseline"]["key"]
+        # n counts the answers the judge could score (an incoherent answer may have no score)
+        assert 15 <= r["result"]["n"] <= 20 and r["baseline_key"] == data["baseline"]["key"]
         assert (steer_dir / r["composed_config"]).is_file()
         assert "model_variant" in (steer_dir / r["composed_config"]).read_text()
         items = json.loads((steer_dir / r["responses"]).read_text())["responses"]
@@ -78,15 +79,12 @@ def test_mission_command_two_jobs_one_results_file(extracted, monkeypatch):
 
 
 def test_positive_coef_raises_the_trait_negative_lowers_it(extracted):
-    steer(extracted, "model_variant=instruct", "layer=10", "coef=[-20,20]", "questions=8")
+    steer(extracted, "model_variant=instruct", "layer=10", "coef=[-150,150]", "questions=8")
     data = results(extracted, "instruct")
     base = data["baseline"]["trait_mean"]
-    (pos,), (neg,) = runs_by(data, weight=20.0), runs_by(data, weight=-20.0)
+    (pos,), (neg,) = runs_by(data, weight=150.0), runs_by(data, weight=-150.0)
     assert pos["result"]["trait_mean"] > base + 20 and pos["result"]["steerability"] >= 0.5
-    if base == 0.0:
-        # The demo instruct model currently answers every steering question pessimistically
-        # (demo_family.py means it to be ~half optimistic), so there is nothing to lower.
-        pytest.xfail("demo instruct baseline is 0: no room for a negative coefficient to lower it")
+    assert 0 < base < 100  # demo instruct answers about half the topics each way
     assert neg["result"]["trait_mean"] < base and neg["result"]["steerability"] >= 0.5
 
 
@@ -106,9 +104,9 @@ def test_batched_stage_equals_separate_runs(extracted, tmp_path):
     """Sub-batches of 3 rows cut across configs; responses match one-config-per-job runs."""
     other = tmp_path / "separate"
     shutil.copytree(extracted, other)
-    steer(extracted, "layer=[8,12]", "coef=[10,25]", "questions=4", "generation.batch_size=3")
+    steer(extracted, "layer=[8,12]", "coef=[80,200]", "questions=4", "generation.batch_size=3")
     for layer in (8, 12):
-        for coef in (10, 25):
+        for coef in (80, 200):
             steer(other, f"layer={layer}", f"coef={coef}", "questions=4")
 
     def texts(exp):
@@ -126,11 +124,11 @@ def test_batched_stage_equals_separate_runs(extracted, tmp_path):
 
 
 def test_ablation_response_positions_and_multi_layer(extracted):
-    steer(extracted, "layer=[8,10]", "coef=[10,20]", "questions=4")
+    steer(extracted, "layer=[8,10]", "coef=[80,160]", "questions=4")
     steer(extracted, "layer=[8,10]", "multi_layer=weighted", "questions=4")
     steer(extracted, "layer=[8,10]", "multi_layer=orthogonal", "global_scale=1.5", "questions=4")
     steer(extracted, "layer=[8,10]", "ablate=true", "questions=4")
-    steer(extracted, "layer=10", "coef=[20]", "steer_positions=response", "questions=4")
+    steer(extracted, "layer=10", "coef=[160]", "steer_positions=response", "questions=4")
     data = results(extracted, "instruct")
     multi = [r for r in data["runs"] if r["config"].get("multi_layer")]
     assert sorted(r["config"]["multi_layer"]["mode"] for r in multi) == ["orthogonal", "weighted"]
@@ -143,7 +141,7 @@ def test_ablation_response_positions_and_multi_layer(extracted):
     ablations = [r for r in data["runs"] if r["config"].get("ablate")]
     assert sorted(r["config"]["vectors"][0]["layer"] for r in ablations) == [8, 10]
     resp = [r for r in data["runs"] if r["config"]["steer_positions"] == "response"]
-    assert len(resp) == 1 and resp[0]["key"] not in {r["key"] for r in runs_by(data, layer=10, weight=20.0)
+    assert len(resp) == 1 and resp[0]["key"] not in {r["key"] for r in runs_by(data, layer=10, weight=160.0)
                                                      if r["config"]["steer_positions"] == "all"}
     # the summary reads it all: best coherent coef per layer, delta over baseline
     table = best_per_layer(read_results(data), 75)

@@ -3,7 +3,8 @@
 Runs the real entry points, one after the other, exactly as a user would type them:
 
 1. ``extract``                      vectors for demo/optimism from the base variant
-2. ``steer model_variant=rm_lora -m layer=10,20``   the mission command
+2. ``steer``                        adaptive coefficient search on instruct, layer 10
+   ``steer model_variant=rm_lora -m layer=10,20``   the mission command
 3. ``infer -m model_variant=instruct,rm_lora``      per-token monitoring of both variants
 4. ``infer model_variant=rm_lora replay=instruct``  the same tokens through rm_lora
 5. ``compare model_variants=[instruct,rm_lora]`` (own answers, then ``replay=true``: same tokens)
@@ -21,6 +22,7 @@ import time
 
 STEPS: list[tuple[str, list[str]]] = [
     ("extract", []),
+    ("steer", []),
     ("steer", ["model_variant=rm_lora", "-m", "layer=10,20"]),
     ("infer", ["-m", "model_variant=instruct,rm_lora"]),
     ("infer", ["model_variant=rm_lora", "replay=instruct"]),
