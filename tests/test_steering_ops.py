@@ -82,8 +82,8 @@ def test_hooks_are_removed_after_the_block(lm, direction):
 
 
 def _configs(direction):
-    return [[], [SteeringTerm(10, "residual", direction, coef=30.0)],
-            [SteeringTerm(6, "residual", direction, coef=-30.0)],
+    return [[], [SteeringTerm(10, "residual", direction, coef=150.0)],
+            [SteeringTerm(6, "residual", direction, coef=-150.0)],
             [SteeringTerm(14, "residual", direction, ablate=True)]]
 
 

@@ -163,3 +163,18 @@ def _friendly_resolution_error(cfg: DictConfig, msg: str) -> str:
         key = msg.split("full_key:")[-1].split()[0] if "full_key:" in msg else msg
         return f"missing value for {key}: set it on the command line, e.g. {key}=..."
     return f"config does not resolve: {msg}"
+
+
+def hydra_snapshot_path() -> Path | None:
+    """The running Hydra job's composed config (``<job dir>/.hydra/config.yaml``), or None.
+
+    None when not under a Hydra job: a direct call of a stage's ``run(cfg)``, or a process in
+    which an earlier ``compose`` left Hydra's runtime half-set (its output dir still ``???``).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return Path(HydraConfig.get().runtime.output_dir) / ".hydra" / "config.yaml"
+    except (ValueError, OmegaConfBaseException):
+        return None

@@ -53,7 +53,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import shutil

@@ -83,12 +83,10 @@ def _plain(value: Any) -> Any:
 
 def _config_path() -> str | None:
     """The composed config of this run (Hydra's ``.hydra/config.yaml``), when run by Hydra."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    from .config import hydra_snapshot_path
 
-        return str(Path(HydraConfig.get().runtime.output_dir) / ".hydra" / "config.yaml")
-    except ValueError:  # not under Hydra (a test calling run() directly): HydraConfig is unset
-        return None
+    path = hydra_snapshot_path()
+    return None if path is None else str(path)
 
 
 def parse_force(value: Any) -> set[str]:

@@ -287,14 +287,11 @@ def _composed_config_link(steering_dir: Path, cfg: DictConfig) -> str:
     Under Hydra it is the job's ``.hydra/config.yaml``; when called directly, a snapshot is
     written under ``runs/``. The judge config holds only the *name* of the key's variable.
     """
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    from .config import hydra_snapshot_path
 
-        snap = Path(HydraConfig.get().runtime.output_dir) / ".hydra" / "config.yaml"
-        if snap.is_file():
-            return _relative(snap, steering_dir)
-    except ValueError:  # not running under Hydra
-        pass
+    snap = hydra_snapshot_path()
+    if snap is not None and snap.is_file():
+        return _relative(snap, steering_dir)
     from .jsonio import atomic_write_text
 
     snap = steering_dir / "runs" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{id(cfg) & 0xffff:04x}" / "config.yaml"
