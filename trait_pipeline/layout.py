@@ -342,14 +342,7 @@ class Layout:
 
     def traits(self, area: str = "extraction") -> list[str]:
         """Traits with a directory under ``{area}/`` (category/name), sorted."""
-        base = self.root / area
-        if not base.is_dir():
-            return []
-        out = []
-        for cat in sorted(p for p in base.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
-            for name in sorted(p for p in cat.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
-                out.append(f"{cat.name}/{name.name}")
-        return out
+        return _two_level_names(self.root / area)
 
     def variants(self, area: str = "extraction", trait: str | None = None) -> list[str]:
         """Variants with data under ``{area}/`` (for a trait, or any trait); sorted."""
