@@ -38,11 +38,11 @@ PEER_PYTHON = PEER_VENV / "bin" / "python"
 
 # ~104M parameters, 28 decoder blocks: big enough that matmuls dominate a forward pass,
 # with enough blocks that any per-layer Python cost (hooks) shows.
-LLAMA_100M = dict(
-    vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=28,
-    num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
-    tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-)
+LLAMA_100M = {
+    "vocab_size": 32000, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 28,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "max_position_embeddings": 1024,
+    "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+}
 MODELS = ("demo", "llama100m")
 
 

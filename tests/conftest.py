@@ -27,7 +27,8 @@ def run_stage(stage: str, *overrides: str, experiments: Path | None = None,
     if experiments is not None:
         cmd.append(f"paths.experiments={experiments}")
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "TQDM_DISABLE": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd[2:])} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
@@ -62,7 +63,7 @@ def _demo_master(tmp_path_factory, demo_family) -> Path:
     root = tmp_path_factory.mktemp("demo") / "experiments"
     proc = subprocess.run([sys.executable, "-m", "trait_pipeline.demo", f"paths.experiments={root}"],
                           cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1"},
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800, check=False)
     if proc.returncode != 0:
         raise AssertionError(f"demo failed\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return root

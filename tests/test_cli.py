@@ -94,7 +94,8 @@ def test_normalize_argv_moves_multirun_and_quotes_positions():
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120, env=env,
+                          check=False)
 
 
 def test_mission_command_parses_with_m_after_an_override():
@@ -161,5 +162,6 @@ def test_help_and_cfg_do_not_import_torch():
         "try:\n    s.main()\nexcept SystemExit:\n    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NOTORCH')"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       check=False)
     assert r.stdout.strip().endswith("NOTORCH"), r.stdout[-300:] + r.stderr[-300:]

@@ -115,7 +115,7 @@ def _missing_option_message(exc: Exception) -> str:
     m = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if m:
         group, name = m.group(1), m.group(2)
-        options = re.findall(r"^\s+(\S+)\s*$", text.split("Available options", 1)[-1], re.M)
+        options = re.findall(r"^\s+(\S+)\s*$", text.split("Available options", 1)[-1], re.MULTILINE)
         avail = ", ".join(o for o in options if not o.startswith("_")) or "(none)"
         return f"unknown {group} {name!r}; available: {avail}"
     return one_line(text)

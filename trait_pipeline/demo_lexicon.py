@@ -251,7 +251,7 @@ def _licensed_bigrams() -> frozenset[tuple[str, str]]:
             itertools.chain.from_iterable(SYSTEM_PROMPTS.values())):
         cells = [_slot_words(w[1:-1]) if w.startswith("{") else frozenset([w])
                  for w in tpl.split()]
-        for left, right in zip(cells, cells[1:]):
+        for left, right in itertools.pairwise(cells):
             pairs.update(itertools.product(left, right))
         if tpl in sentences:
             firsts |= cells[0]
@@ -277,12 +277,12 @@ def coherence_score(text: str) -> float:
     known = sum(w in _VOCAB_SET for w in ws) / len(ws)
     if len(ws) == 1:
         return 50.0 * known
-    licensed = sum(pair in _BIGRAMS for pair in zip(ws, ws[1:])) / (len(ws) - 1)
+    licensed = sum(pair in _BIGRAMS for pair in itertools.pairwise(ws)) / (len(ws) - 1)
     score = 100.0 * min(known, licensed)
     if len(ws) < 4:
         score *= 0.6
     run = longest = 1
-    for prev, cur in zip(ws, ws[1:]):
+    for prev, cur in itertools.pairwise(ws):
         run = run + 1 if cur == prev else 1
         longest = max(longest, run)
     if longest >= 4:

@@ -130,9 +130,9 @@ def generate(
     def run(start: int, end: int) -> None:
         batch = lm.pad_batch(ids[start:end])
         ctx = batch_context(start, end) if batch_context else nullcontext()
-        gen_kwargs = dict(
-            max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos,
-        )
+        gen_kwargs = {
+            "max_new_tokens": max_new_tokens, "pad_token_id": tok.pad_token_id, "eos_token_id": eos,
+        }
         if temperature and temperature > 0:
             gen_kwargs.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
             torch.manual_seed(seed + start)

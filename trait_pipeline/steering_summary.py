@@ -97,13 +97,13 @@ def _row(run: dict, data: dict) -> RunRow | None:
     res = run.get("result") or {}
     n = res.get("n", res.get("n_questions"))
     baseline = _run_baseline(run, data)
-    common = dict(
-        trait_mean=_num(res.get("trait_mean")), coherence_mean=_num(res.get("coherence_mean")),
-        n=None if n is None else int(n), steerability=_num(res.get("steerability")),
-        baseline_trait_mean=_num((baseline or {}).get("trait_mean")),
-        ablate=bool(cfg.get("ablate", False)), responses=run.get("responses"),
-        vector_variant=(run.get("vector_source") or data.get("vector_source") or {}).get("model_variant"),
-    )
+    common = {
+        "trait_mean": _num(res.get("trait_mean")), "coherence_mean": _num(res.get("coherence_mean")),
+        "n": None if n is None else int(n), "steerability": _num(res.get("steerability")),
+        "baseline_trait_mean": _num((baseline or {}).get("trait_mean")),
+        "ablate": bool(cfg.get("ablate", False)), "responses": run.get("responses"),
+        "vector_variant": (run.get("vector_source") or data.get("vector_source") or {}).get("model_variant"),
+    }
     multi = cfg.get("multi_layer")
     multi_mode = multi.get("mode") if isinstance(multi, dict) else multi
     vectors = cfg.get("vectors")

@@ -64,7 +64,7 @@ def load_tensors(path: Path, device: str = "cpu") -> tuple[dict[str, torch.Tenso
     if not Path(path).is_file():
         raise PipelineError(f"missing file {path}")
     with safe_open(str(path), framework="pt", device=device) as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     return tensors, read_metadata(path)
 
 
