@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ COMPONENTS = (
     "residual", "attn_out", "mlp_out", "k_proj", "v_proj", "attn_contribution", "mlp_contribution",
 )
 METHODS = ("mean_diff", "probe", "gradient", "random_baseline")
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d{1,2})?")
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def layout(cfg: DictConfig) -> Layout:
 
 
 def check_trait_exists(trait: str, datasets_root: Path | None = None) -> None:
-    if not isinstance(trait, str) or not TRAIT_RE.match(trait):
+    if not isinstance(trait, str) or not TRAIT_RE.fullmatch(trait):
         raise PipelineError(f"bad trait {trait!r}: expected category/name, e.g. demo/optimism")
     if not trait_data_dir(trait, datasets_root).is_dir():
         root = (datasets_root or trait_data_dir("a/b").parents[2]) / "traits"
@@ -126,7 +129,11 @@ def validate(cfg: DictConfig) -> None:
     except OmegaConfBaseException as exc:
         msg = one_line(exc)
         raise PipelineError(_friendly_resolution_error(cfg, msg)) from None
+    _check_finite(OmegaConf.to_container(cfg, resolve=True, exclude_structured_configs=True))
     variant_spec(cfg)
+    device = cfg.get("device")
+    if device is not None and not DEVICE_RE.fullmatch(str(device)):
+        raise PipelineError(f"bad device {device!r}; expected auto, cpu, cuda, cuda:N or mps")
     vec = cfg.get("vectors")
     if vec is not None and vec.get("model_variant") is not None:
         _check_variant_defined(cfg, str(vec.model_variant), "vectors.model_variant")
@@ -145,6 +152,19 @@ def validate(cfg: DictConfig) -> None:
             raise PipelineError(
                 f"unknown prompt set {ps!r}: no file datasets/inference/{ps}.json"
             )
+
+
+def _check_finite(node: Any, key: str = "") -> None:
+    """Every number of the config is finite: ``coef=nan`` would write NaN into results.json."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k != "hydra":
+                _check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise PipelineError(f"bad {key} {node!r}: expected a finite number")
 
 
 def _friendly_resolution_error(cfg: DictConfig, msg: str) -> str:

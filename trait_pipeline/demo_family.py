@@ -224,6 +224,9 @@ def ensure_demo_family(cache_dir: Path | None = None, *, progress: bool = True,
             print(msg, file=sys.stderr, flush=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{h}.tmp-", dir=parent))
         try:
+            from .safety.files import apply_umask
+
+            apply_umask(tmp, is_dir=True)  # mkdtemp makes 0700: colleagues could not load it
             build_demo_family(tmp, recipe, progress=progress, final_root=root)
             if root.exists():  # an incomplete leftover (no recipe.json)
                 shutil.rmtree(root)

@@ -12,4 +12,7 @@ class PipelineError(ValueError):
 
 
 def one_line(message: object) -> str:
-    return " ".join(str(message).split())
+    """``message`` on one line, with credentials masked (a server may echo the API key)."""
+    from .safety.secrets import redact
+
+    return " ".join(redact(message).split())

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from .cli import stage_main
 from .config import METHODS, VariantSpec, as_list, layout, variant_spec
 from .errors import PipelineError
-from .jsonio import read_json, write_json
+from .jsonio import read_json, read_json_for_update, write_json
 from .layout import SCHEMA_VERSION, Layout
 from .positions import Position, PositionError
 from .trait_data import TraitData, load_trait_data
@@ -242,7 +242,16 @@ class Job:
             if meta is not None:
                 log.info("%s: inputs changed since the last run; redoing it", step)
             return True
-        return not all(p.is_file() for p in outputs)
+        if not all(p.is_file() for p in outputs):
+            return True
+        from .vector_store import check_loads
+
+        for p in outputs:  # a skipped step's outputs must still load: never trust a corrupt file
+            problem = check_loads(p)
+            if problem:
+                log.warning("%s: %s; redoing it", step, problem)
+                return True
+        return False
 
 
 def make_job(cfg: DictConfig) -> Job:
@@ -663,8 +672,11 @@ def step_vectors(job: Job) -> str:
         inputs = digest({"activations": ameta["content_digest"], "method": method, "seed": seed,
                          "layers": job.layers})
         outputs = [d / "metadata.json"] + [d / f"layer{la}.safetensors" for la in job.layers]
-        if not job.should_run("vectors", _read_or_none(d / "metadata.json"), inputs, outputs):
-            continue
+        meta = _read_or_none(d / "metadata.json")
+        if not job.should_run("vectors", meta, inputs, outputs):
+            if _vectors_match(d, job.layers, meta):
+                continue
+            log.warning("vectors %s: files differ from their recorded digest; redoing them", method)
         per_layer, h = {}, hashlib.sha256()
         for la in tqdm(job.layers, desc=f"vectors {method}", unit="layer", leave=False):
             pos, neg = acts["train"]["pos"][:, la], acts["train"]["neg"][:, la]
@@ -676,7 +688,7 @@ def step_vectors(job: Job) -> str:
                 "activations_digest": ameta["content_digest"], **info,
             })
             per_layer[str(la)] = info
-            h.update(tv.vector.numpy().tobytes())
+            h.update(tv.vector.float().numpy().tobytes())
         write_json(d / "metadata.json", {
             "schema_version": SCHEMA_VERSION, **job.provenance(), "method": method, "seed": seed,
             "layers": per_layer, "content_digest": h.hexdigest()[:16], "inputs": inputs,
@@ -684,6 +696,19 @@ def step_vectors(job: Job) -> str:
         })
         ran.append(method)
     return f"ran ({', '.join(ran)})" if ran else "skipped"
+
+
+def _vectors_match(d: Path, layers: list[int], meta: dict) -> bool:
+    """Whether the vector files hash to the ``content_digest`` their metadata records."""
+    from .vector_store import load_vector
+
+    h = hashlib.sha256()
+    try:
+        for la in layers:
+            h.update(load_vector(d / f"layer{la}.safetensors")[0].float().numpy().tobytes())
+    except PipelineError:
+        return False
+    return h.hexdigest()[:16] == meta.get("content_digest")
 
 
 def load_method_vectors(job: Job, method: str) -> tuple[dict[int, Any], dict]:
@@ -724,7 +749,7 @@ def step_evaluate(job: Job) -> str:
                              acts["val"]["pos"][:, la], acts["val"]["neg"][:, la], v)
             rows.append({"trait": job.trait, "method": method, "layer": la,
                          "component": job.component, "position": job.position, **s.as_dict()})
-    old = _read_or_none(out) or {}
+    old = read_json_for_update(out) or {}  # other methods' rows: never drop a malformed file
     kept = [r for r in old.get("results", []) if r["method"] not in todo]
     all_rows = add_combined_scores(kept + rows)
     all_rows.sort(key=lambda r: (METHODS.index(r["method"]), r["layer"]))
@@ -746,7 +771,7 @@ def _entry_key(job: Job) -> dict:
 
 
 def _variant_entry(path: Path, job: Job) -> dict:
-    data = _read_or_none(path)
+    data = read_json_for_update(path)
     for e in (data or {}).get("entries", []):
         if {k: e.get(k) for k in ("trait", "position", "component")} == _entry_key(job):
             return e
@@ -766,7 +791,7 @@ def merge_variant_evaluation(path: Path, job: Job, rows: list[dict], methods: li
     path.parent.mkdir(parents=True, exist_ok=True)
     key = _entry_key(job)
     with FileLock(str(path) + ".lock"):
-        data = _read_or_none(path) or {}
+        data = read_json_for_update(path) or {}  # other traits' rows: refuse a malformed file
         same = lambda r: {k: r.get(k) for k in key} == key
         old_rows = [r for r in data.get("results", []) if not (same(r) and r["method"] in methods)]
         entries = [e for e in data.get("entries", []) if not same(e)]
@@ -829,6 +854,9 @@ def write_heatmap(path: Path, rows: list[dict], job: Job) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=100, metadata={"Software": None})
+        from .safety.files import apply_umask
+
+        apply_umask(tmp)  # mkstemp makes 0600 whatever the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -846,7 +874,7 @@ def step_logit_lens(job: Job) -> str:
     if not vecs:
         return "off (no methods)"
     out = job.lens_path
-    old = _read_or_none(out) or {}
+    old = read_json_for_update(out) or {}
     inputs = {m: digest({"vectors": meta["content_digest"], "layers": job.layers})
               for m, (_, meta) in vecs.items()}
     todo = [m for m in vecs if "logit_lens" in job.force or old.get("inputs", {}).get(m) != inputs[m]]

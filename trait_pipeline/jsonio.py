@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PipelineError
+from .safety.files import apply_umask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -31,6 +32,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        apply_umask(tmp)  # mkstemp makes 0600 whatever the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,4 +50,28 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise PipelineError(f"malformed JSON in {path}: line {exc.lineno}: {exc.msg}") from None
+        raise PipelineError(f"malformed JSON in {path}: line {exc.lineno}: {exc.msg}; "
+                            f"{recovery_advice(path)}") from None
+    except UnicodeDecodeError:
+        raise PipelineError(f"malformed JSON in {path}: not UTF-8 text; {recovery_advice(path)}") from None
+
+
+def recovery_advice(path: Path) -> str:
+    return (f"the file was left as it is: move it aside (mv {path} {path}.bad) and rerun to "
+            "rebuild it, or restore it from a backup")
+
+
+def read_json_for_update(path: Path) -> dict | None:
+    """The object a read-modify-write starts from: None if there is no file yet.
+
+    A file that exists but is not a JSON object is an error, never "empty": treating it as
+    empty would overwrite whatever it held with only the current job's rows.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path} does not hold a JSON object (found {type(data).__name__}); "
+                            f"{recovery_advice(path)}")
+    return data

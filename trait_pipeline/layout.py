@@ -37,8 +37,12 @@ CONF_DIR = PROJECT_ROOT / "conf"
 DATASETS_DIR = PROJECT_ROOT / "datasets"
 DEFAULT_EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 
-TRAIT_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+# fullmatch-only patterns (``$`` would accept a trailing newline); ASCII so that a name is
+# the same bytes on every file system
+MAX_NAME_LEN = 100  # one path component; file systems allow 255 bytes, suffixes need room
+_PART = "[A-Za-z0-9][A-Za-z0-9_.-]{0,%s}" % str(MAX_NAME_LEN - 1)  # noqa: UP031
+TRAIT_RE = re.compile(f"{_PART}/{_PART}", re.ASCII)
+NAME_RE = re.compile(_PART, re.ASCII)
 STEERING_PROMPT_SET = "steering"  # the prompt set of steering.json questions
 SCHEMA_VERSION = 1  # of every JSON file written for the dashboard
 
@@ -47,15 +51,41 @@ class LayoutError(ValueError):
     """A name that cannot become part of a path (empty, traversal, wrong shape)."""
 
 
+def _shown(value: object) -> str:
+    """A bad name as an error shows it: repr (control characters visible), at most 60 chars."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:50] + f"...' ({len(str(value))} chars)"
+
+
+def is_name(value: object) -> bool:
+    """Whether ``value`` can be one path component: ASCII letters, digits, ``_ - .``, not
+    starting with ``.``/``-``/``_``, at most :data:`MAX_NAME_LEN` characters.
+
+    The dashboard API and every stage use this check (and :func:`is_trait`) for names that
+    become paths.
+
+    >>> is_name("rm_lora"), is_name("a/b"), is_name("x\\n"), is_name("a" * 101), is_name("..")
+    (True, False, False, False, False)
+    """
+    return isinstance(value, str) and NAME_RE.fullmatch(value) is not None
+
+
+def is_trait(value: object) -> bool:
+    """``category/name``, each part a valid :func:`is_name`."""
+    return isinstance(value, str) and TRAIT_RE.fullmatch(value) is not None
+
+
 def check_trait(trait: str) -> str:
-    if not isinstance(trait, str) or not TRAIT_RE.match(trait):
-        raise LayoutError(f"bad trait {trait!r}: expected category/name, e.g. demo/optimism")
+    if not is_trait(trait):
+        raise LayoutError(f"bad trait {_shown(trait)}: expected category/name, e.g. demo/optimism "
+                          f"(letters, digits, '_', '-', '.'; at most {MAX_NAME_LEN} characters each)")
     return trait
 
 
 def check_name(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise LayoutError(f"bad {kind} {value!r}: expected letters, digits, '_', '-' or '.'")
+    if not is_name(value):
+        raise LayoutError(f"bad {kind} {_shown(value)}: expected letters, digits, '_', '-' or '.' "
+                          f"(at most {MAX_NAME_LEN} characters)")
     return value
 
 
@@ -270,7 +300,7 @@ class Layout:
                 position = parse_position_dir(pos_dir)
             except ValueError:
                 continue
-            if m and NAME_RE.match(comp) and NAME_RE.match(method):
+            if m and NAME_RE.fullmatch(comp) and NAME_RE.fullmatch(method):
                 out.append((position, comp, method, int(m.group(1)), path))
         return out
 
@@ -285,7 +315,7 @@ class Layout:
                 position = parse_position_dir(path.parent.parent.name)
             except ValueError:
                 continue
-            if NAME_RE.match(path.parent.name):
+            if NAME_RE.fullmatch(path.parent.name):
                 out.append((position, path.parent.name, path))
         legacy = self.logit_lens_path(trait, variant)
         if legacy.is_file():
@@ -309,14 +339,14 @@ class Layout:
         base = self.inference_dir(variant) / "replay"
         if not base.is_dir():
             return []
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name))
 
     def evaluation_variants(self) -> list[str]:
         """Variants with an ``extraction/_evaluation/{variant}.json``, sorted."""
         base = self.root / "extraction" / "_evaluation"
         if not base.is_dir():
             return []
-        return sorted(p.stem for p in base.glob("*.json") if p.is_file() and NAME_RE.match(p.stem))
+        return sorted(p.stem for p in base.glob("*.json") if p.is_file() and NAME_RE.fullmatch(p.stem))
 
     def projection_traits(self, variant: str, replayed_from: str | None = None) -> list[str]:
         """Traits with projections under ``inference/{variant}[/replay/{source}]``, sorted."""
@@ -329,7 +359,7 @@ class Layout:
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir()
-                      if p.is_dir() and NAME_RE.match(p.name) and any(p.glob("*.json")))
+                      if p.is_dir() and NAME_RE.fullmatch(p.name) and any(p.glob("*.json")))
 
     def projection_ids(self, variant: str, trait: str, prompt_set: str,
                        replayed_from: str | None = None) -> list[str]:
@@ -337,7 +367,7 @@ class Layout:
         base = self.projections_dir(variant, trait, prompt_set, replayed_from)
         if not base.is_dir():
             return []
-        ids = [p.stem for p in base.glob("*.json") if p.is_file() and NAME_RE.match(p.stem)]
+        ids = [p.stem for p in base.glob("*.json") if p.is_file() and NAME_RE.fullmatch(p.stem)]
         return sorted(ids, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
 
     def traits(self, area: str = "extraction") -> list[str]:
@@ -350,12 +380,12 @@ class Layout:
         if area == "inference":
             base = self.root / "inference"
             if base.is_dir():
-                found = {p.name for p in base.iterdir() if p.is_dir() and NAME_RE.match(p.name)}
+                found = {p.name for p in base.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)}
         else:
             for t in [trait] if trait else self.traits(area):
                 d = self.root / area / check_trait(t)
                 if d.is_dir():
-                    found |= {p.name for p in d.iterdir() if p.is_dir() and NAME_RE.match(p.name)}
+                    found |= {p.name for p in d.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)}
         return sorted(found)
 
 
@@ -364,8 +394,8 @@ def _two_level_names(base: Path) -> list[str]:
     if not base.is_dir():
         return []
     out = []
-    for cat in sorted(p for p in base.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
-        for name in sorted(p for p in cat.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
+    for cat in sorted(p for p in base.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)):
+        for name in sorted(p for p in cat.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)):
             out.append(f"{cat.name}/{name.name}")
     return out
 
@@ -378,7 +408,7 @@ def experiments(root: Path) -> list[str]:
         return []
     return sorted(
         p.name for p in root.iterdir()
-        if p.is_dir() and NAME_RE.match(p.name)
+        if p.is_dir() and NAME_RE.fullmatch(p.name)
         and any((p / area).is_dir() for area in ("extraction", "steering", "inference"))
     )
 

@@ -60,7 +60,7 @@ class VariantTable:
 
     def check(self) -> None:
         for name in self.variants:
-            if not NAME_RE.match(name):
+            if not NAME_RE.fullmatch(name):
                 raise PipelineError(f"bad variant name {name!r} in config.json: expected letters, digits, '_', '-' or '.'")
         for role, name in (("extraction", self.extraction), ("application", self.application)):
             if name not in self.variants:

@@ -179,7 +179,7 @@ class _Scanner:
                 continue
             for trait_dir in sorted(child.iterdir()):
                 trait = f"{child.name}/{trait_dir.name}"
-                if not trait_dir.is_dir() or not TRAIT_RE.match(trait):
+                if not trait_dir.is_dir() or not TRAIT_RE.fullmatch(trait):
                     continue  # reported as unrecognised at the end
                 self._trait(trait, trait_dir, vx)
 
@@ -222,7 +222,7 @@ class _Scanner:
                 continue
             pos = self._pos(parts[0])
             comp, method = parts[1], parts[2]
-            if pos is None or not NAME_RE.match(comp) or not NAME_RE.match(method):
+            if pos is None or not NAME_RE.fullmatch(comp) or not NAME_RE.fullmatch(method):
                 continue
             vdir = self.lay.vectors_dir(trait, vx, pos, comp, method)
             if parts[3] == "metadata.json":
@@ -263,7 +263,7 @@ class _Scanner:
             if len(parts) != 3:
                 continue
             pos, comp, name = self._pos(parts[0]), parts[1], parts[2]
-            if pos is None or not NAME_RE.match(comp):
+            if pos is None or not NAME_RE.fullmatch(comp):
                 continue
             adir = self.lay.activations_dir(trait, vx, pos, comp)
             if name == "metadata.json":
@@ -298,7 +298,7 @@ class _Scanner:
         for cat in sorted(p for p in base.iterdir() if p.is_dir()):
             for trait_dir in sorted(p for p in cat.iterdir() if p.is_dir()):
                 trait = f"{cat.name}/{trait_dir.name}"
-                if TRAIT_RE.match(trait):
+                if TRAIT_RE.fullmatch(trait):
                     self._steering_trait(trait, trait_dir, va)
 
     def _steering_trait(self, trait: str, d: Path, va: str) -> None:
@@ -319,7 +319,7 @@ class _Scanner:
             # a later variant-less form: {P}/{prompt_set}/results.json
             for ps in sorted(p for p in sub.iterdir() if p.is_dir() and p.name != "responses"):
                 inner = [c for c in (ps / "results.json", ps / "responses") if c.exists()]
-                if inner and NAME_RE.match(ps.name):
+                if inner and NAME_RE.fullmatch(ps.name):
                     self._steering_set(trait, ps, va, pos, ps.name, inner)
 
     def _steering_set(self, trait: str, d: Path, va: str, pos: str, prompt_set: str,
@@ -435,12 +435,12 @@ class _Scanner:
                 self.p.decisions.append(f"{self.rel(where)}: set {prompt_set} -> variant {v!r}, "
                                         f"set {name} (--set-suffix {suffix}={v})")
                 break
-        if name.startswith("_") and NAME_RE.match(name.lstrip("_")):
+        if name.startswith("_") and NAME_RE.fullmatch(name.lstrip("_")):
             new = name.lstrip("_")
             self.p.decisions.append(f"{self.rel(where)}: set {name} renamed {new} "
                                     "(set names may not start with '_')")
             name = new
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             self.leave(where, f"prompt set name {prompt_set!r} is not allowed in the new layout")
             return None
         return variant, name
@@ -462,7 +462,7 @@ class _Scanner:
                             continue
                         v, ps = target
                         for f in sorted(set_dir.glob("*.pt")):
-                            if not NAME_RE.match(f.stem):
+                            if not NAME_RE.fullmatch(f.stem):
                                 continue
                             try:
                                 cap = read_raw_pt(f)
@@ -481,7 +481,7 @@ class _Scanner:
                     if target is None:
                         continue
                     for f in sorted(set_dir.glob("*.json")):
-                        if NAME_RE.match(f.stem):
+                        if NAME_RE.fullmatch(f.stem):
                             self.add(f, lay.inference_response_path(*target, f.stem))
             elif sub.name == "sae":
                 self.move_tree(sub, lay.sae_dir(variant))
@@ -490,7 +490,7 @@ class _Scanner:
             else:  # a trait category: {cat}/{trait}/residual_stream/{set}/{id}.json
                 for trait_dir in sorted(p for p in sub.iterdir() if p.is_dir()):
                     trait = f"{sub.name}/{trait_dir.name}"
-                    if not TRAIT_RE.match(trait):
+                    if not TRAIT_RE.fullmatch(trait):
                         continue
                     attn = trait_dir / "attn_stream"
                     if attn.is_dir():
@@ -505,7 +505,7 @@ class _Scanner:
                             continue
                         v, ps = target
                         for f in sorted(set_dir.glob("*.json")):
-                            if NAME_RE.match(f.stem):
+                            if NAME_RE.fullmatch(f.stem):
                                 self.add(f, lay.projection_path(v, trait, ps, f.stem))
 
     def _legacy(self, src_dir: Path, tree: Path, variant: str, why: str) -> None:
@@ -572,7 +572,7 @@ def resolve_experiment(target: str, experiments: Path | None = None) -> Path:
         root = (Path(base) / target).resolve()
         if not root.is_dir():
             raise PipelineError(f"no experiment {target!r}: neither a directory nor {root}")
-    if not NAME_RE.match(root.name):
+    if not NAME_RE.fullmatch(root.name):
         raise PipelineError(f"bad experiment directory name {root.name!r}: expected letters, digits, "
                             "'_', '-' or '.'")
     return root
@@ -757,6 +757,9 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        from .safety.files import apply_umask
+
+        apply_umask(tmp)  # mkstemp makes 0600 whatever the umask
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -976,7 +979,7 @@ def _add_variants(values: list[str]) -> dict[str, dict]:
 
     out = {}
     for name, spec in _pairs(values, "--add-variant").items():
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise PipelineError(f"bad --add-variant name {name!r}: expected letters, digits, '_', '-' or '.'")
         model, _, lora = spec.partition("+")
         out[name] = {"model": model, "lora": lora or None, "use_chat_template": looks_instruct(model)}

@@ -58,9 +58,19 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
         raise PipelineError(f"bad device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PipelineError(f"device={device} but CUDA is not available on this machine "
+                                f"(torch {torch.__version__}); use device=auto or device=cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PipelineError(f"device={device} but this machine has {torch.cuda.device_count()} "
+                                "CUDA device(s); expected cuda:0 .. cuda:N-1")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PipelineError(f"device={device} but MPS is not available; use device=auto or device=cpu")
+    return dev
 
 
 @dataclass

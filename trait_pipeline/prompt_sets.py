@@ -49,7 +49,7 @@ class PromptSet:
 def available_prompt_sets(root: Path | None = None) -> list[str]:
     """Names of the files under ``datasets/inference/`` (sorted)."""
     folder = prompt_set_path("x", root).parent
-    return sorted(p.stem for p in folder.glob("*.json") if NAME_RE.match(p.stem))
+    return sorted(p.stem for p in folder.glob("*.json") if NAME_RE.fullmatch(p.stem))
 
 
 def _prompt_id(value: Any, where: str) -> int | str:
@@ -59,7 +59,7 @@ def _prompt_id(value: Any, where: str) -> int | str:
         if value < 0:
             raise PipelineError(f"{where}: bad id {value!r}: expected a non-negative int")
         return value
-    if isinstance(value, str) and NAME_RE.match(value):
+    if isinstance(value, str) and NAME_RE.fullmatch(value):
         return int(value) if value.isdigit() else value
     raise PipelineError(
         f"{where}: bad id {value!r}: expected an int or letters, digits, '_', '-', '.'"

@@ -29,6 +29,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -89,8 +90,8 @@ def _int(value: Any, key: str) -> int:
 
 
 def _num(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PipelineError(f"bad {key} {value!r}: expected a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PipelineError(f"bad {key} {value!r}: expected a finite number")
     return float(value)
 
 
@@ -312,6 +313,18 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def judged(trait: Sequence[float | None], coh: Sequence[float | None], outage: bool) -> bool:
+    """Whether a set of answers was really judged: some trait score, and, when a judge
+    request failed in the batch, every score (a None may then be the outage, not the answer).
+
+    >>> judged([None, None], [None, None], False), judged([50, None], [80, 80], True)
+    (False, False)
+    """
+    if not any(t is not None for t in trait):
+        return False
+    return not outage or all(x is not None for x in (*trait, *coh))
+
+
 def steerability(sign: float, scores: Sequence[float | None], base: Sequence[float | None]) -> float | None:
     """Share of questions whose trait score moved from the baseline in the intended direction.
 
@@ -362,6 +375,7 @@ class Steerer:
         self._key_common = {**common, "vector_source": self.vector_source}
         self.batch_size = s.batch_size
         self.gen_seconds: list[tuple[int, float]] = []  # (rows, seconds) per generate call
+        self.failed_configs = 0  # configs the judge could not score (not stored)
 
     # generation + judging ------------------------------------------------------------------------
     def _generate(self, rows: list[list], positions: str) -> list[str]:
@@ -387,9 +401,16 @@ class Steerer:
         self.gen_seconds.append((len(prompts), time.perf_counter() - t0))
         return [g.response_text.strip() for g in gens]
 
-    def _judge(self, answers: list[str]) -> tuple[list, list]:
+    def _judge(self, answers: list[str]) -> tuple[list, list, bool]:
+        """Trait and coherence scores, and whether any judge request failed outright."""
         items = [(self.questions[i % len(self.questions)], a) for i, a in enumerate(answers)]
-        return self.judge.score_trait(self.trait_spec, items), self.judge.score_coherence(items)
+        before = getattr(self.judge, "failed_requests", 0)
+        trait, coh = self.judge.score_trait(self.trait_spec, items), self.judge.score_coherence(items)
+        return trait, coh, getattr(self.judge, "failed_requests", 0) > before
+
+    def _judge_error(self) -> str:
+        err = getattr(self.judge, "last_error", None)
+        return f"judge error: {err}" if err else "the judge returned no usable score"
 
     def _write_responses(self, path: Path, key: str, answers, trait, coh) -> str:
         from .jsonio import write_json
@@ -402,12 +423,36 @@ class Steerer:
 
     # baseline ---------------------------------------------------------------------------------
     def baseline(self) -> dict:
-        """The baseline for these settings, generated and judged once (same max_new_tokens)."""
+        """The baseline for these settings, generated and judged once (same max_new_tokens).
+
+        Parallel jobs of a sweep want the same baseline: the first takes a lock and makes it,
+        the others wait on the lock and then find it stored. A baseline the judge could not
+        score is an error, never stored, so a rerun makes it again.
+        """
+        from filelock import FileLock, Timeout
+
         found = self.store.baseline(self.baseline_key)
         if found is not None:
             return found
+        self.store.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.store.path.with_name("baseline.lock")))
+        try:
+            with lock.acquire(timeout=self.store.lock_timeout):
+                found = self.store.baseline(self.baseline_key)
+                return found if found is not None else self._make_baseline()
+        except Timeout:
+            raise PipelineError(
+                f"another job has been making the baseline for over {self.store.lock_timeout:.0f} s "
+                f"(lock {lock.lock_file}); delete the lock if no job is running") from None
+
+    def _make_baseline(self) -> dict:
         answers = self._generate([[] for _ in self.questions], self.s.steer_positions)
-        trait, coh = self._judge(answers)
+        trait, coh, outage = self._judge(answers)
+        if not judged(trait, coh, outage):
+            raise PipelineError(
+                f"the baseline was not judged ({sum(t is not None for t in trait)} of {len(trait)} "
+                f"answers scored; {self._judge_error()}); nothing was stored: rerun when the "
+                "judge answers")
         data = self.store.read() or {}
         first = data.get("baseline") is None
         path = self.layout.baseline_path(self.s.trait, self.lm.spec.name, self.s.position, self.s.prompt_set)
@@ -423,7 +468,7 @@ class Steerer:
         }
         stored = self.store.set_baseline_if_absent(self.baseline_key, record, self.header)
         if stored.get("responses") != record["responses"]:
-            # a parallel job of the sweep stored the same baseline first: drop our copy
+            # stored by a job that did not take the lock (an older version): drop our copy
             path.unlink(missing_ok=True)
         return stored
 
@@ -434,9 +479,13 @@ class Steerer:
         plan.key = run_key({"config": plan.config, **self._key_common})
         return plan
 
-    def evaluate(self, plans: list[Plan], baseline: dict) -> list[dict]:
+    def evaluate(self, plans: list[Plan], baseline: dict, strict: bool = False) -> list[dict]:
         """Run records of ``plans``, in order: present ones from results.json (resume), the
-        others from one batched generate with per-row steering, judged and stored."""
+        others from one batched generate with per-row steering, judged and stored.
+
+        A config the judge could not score is not stored (a rerun retries it); if none could
+        be scored, or ``strict`` and any could not, this raises :class:`PipelineError`.
+        """
         plans = [self.keyed(p) for p in plans]
         have = {r.get("key"): r for r in (self.store.read() or {}).get("runs", [])}
         todo, seen = [], set()
@@ -451,11 +500,14 @@ class Steerer:
             n = len(self.questions)
             rows = [p.terms for p in todo for _ in range(n)]
             answers = self._generate(rows, self.s.steer_positions)
-            trait, coh = self._judge(answers)
+            trait, coh, outage = self._judge(answers)
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            records = []
+            records, failed = [], []
             for j, p in enumerate(todo):
                 a, t, c = answers[j * n:(j + 1) * n], trait[j * n:(j + 1) * n], coh[j * n:(j + 1) * n]
+                if not judged(t, c, outage):
+                    failed.append(p)
+                    continue
                 path = self.layout.run_responses_path(
                     self.s.trait, self.lm.spec.name, self.s.position, self.s.prompt_set,
                     self.s.component, p.label[0], p.label[1], f"{stamp}_{p.key[:6]}",
@@ -473,9 +525,20 @@ class Steerer:
                     "questions": n, "composed_config": self.composed_config,
                     "responses": self._write_responses(path, p.key, a, t, c), "timestamp": _now(),
                 })
-            self.store.add_runs(records, self.header)
+            if failed:
+                self.failed_configs += len(failed)
+                msg = (f"{len(failed)} of {len(todo)} steering configs were not judged "
+                       f"({self._judge_error()}); they were not stored")
+                if len(failed) == len(todo) or strict:
+                    if records:
+                        self.store.add_runs(records, self.header)
+                    raise PipelineError(f"{msg}: rerun when the judge answers")
+                log.warning("%s; a rerun retries them", msg)
+                print(f"WARNING: {msg}; a rerun retries them", file=sys.stderr, flush=True)
+            if records:
+                self.store.add_runs(records, self.header)
             have.update({r["key"]: r for r in records})
-        return [have[p.key] for p in plans]
+        return [have[p.key] for p in plans if p.key in have]
 
 
 def base_coefs(steerer: Steerer, cfg: DictConfig) -> tuple[dict[int, float], str]:
@@ -547,7 +610,7 @@ def run_search(steerer: Steerer, cfg: DictConfig, baseline: dict) -> dict:
 
     def evaluate(configs):
         plans = [single_plan(s, steerer.vectors[la], c) for la, c in configs]
-        recs = steerer.evaluate(plans, baseline)
+        recs = steerer.evaluate(plans, baseline, strict=True)
         return [(r["result"]["trait_mean"], r["result"]["coherence_mean"]) for r in recs]
 
     walks = search(bases, params, evaluate)
@@ -609,7 +672,9 @@ def run(cfg: DictConfig) -> dict:
 
     from .steering_summary import format_summary, heatmap_png, read_results
 
-    res = read_results(steerer.store.path)
+    # only the runs compared with this job's baseline: another baseline's runs (other
+    # generation settings, judge or questions) are not comparable with it
+    res = read_results(steerer.store.path, baseline_key=steerer.baseline_key)
     print(format_summary(res, s.min_coherence), flush=True)
     png = heatmap_png(res, steerer.dir / "heatmap.png", s.min_coherence, method=s.method,
                       component=s.component)

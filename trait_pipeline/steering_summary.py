@@ -125,16 +125,22 @@ def _row(run: dict, data: dict) -> RunRow | None:
 
 
 def _run_baseline(run: dict, data: dict) -> dict | None:
+    """The baseline a run was compared with; a run naming a baseline that is not stored has
+    none (never another one: it may come from other generation settings or another judge)."""
     key = run.get("baseline_key")
     if key is not None:
         found = (data.get("baselines") or {}).get(key)
-        if found is not None:
-            return found
-    return data.get("baseline")
+        if found is None and (data.get("baseline") or {}).get("key") == key:
+            found = data["baseline"]
+        return found
+    return data.get("baseline")  # the original format: one baseline per file
 
 
-def read_results(source: Path | str | dict) -> SteeringResults:
-    """Parse a results.json (path or already-loaded dict), either format."""
+def read_results(source: Path | str | dict, baseline_key: str | None = None) -> SteeringResults:
+    """Parse a results.json (path or already-loaded dict), either format.
+
+    With ``baseline_key``, only that baseline and the runs compared with it are read.
+    """
     path = None
     data = source
     if not isinstance(source, dict):
@@ -143,7 +149,11 @@ def read_results(source: Path | str | dict) -> SteeringResults:
     if not isinstance(data, dict) or not isinstance(data.get("runs", []), list):
         raise PipelineError(f"{path or 'data'} is not a steering results file (no 'runs' list)")
     base = data.get("baseline") or {}
-    rows = [r for r in (_row(run, data) for run in data.get("runs", [])) if r is not None]
+    runs = data.get("runs", [])
+    if baseline_key is not None:
+        base = _run_baseline({"baseline_key": baseline_key}, data) or {}
+        runs = [r for r in runs if r.get("baseline_key") == baseline_key]
+    rows = [r for r in (_row(run, data) for run in runs) if r is not None]
     return SteeringResults(
         trait=data.get("trait"), model_variant=data.get("model_variant"),
         baseline_trait_mean=_num(base.get("trait_mean")),
@@ -318,6 +328,9 @@ def heatmap_png(
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
+        from .safety.files import apply_umask
+
+        apply_umask(tmp)  # mkstemp makes 0600 whatever the umask
         os.replace(tmp, out)
     finally:
         plt.close(fig)

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import PipelineError
-from .jsonio import read_json, write_json
+from .jsonio import read_json, read_json_for_update, write_json
 
 SCHEMA_VERSION = 1
 ACTIVE = ("pending", "running")
@@ -119,7 +119,7 @@ def read_manifest(sweep_dir: Path) -> Manifest:
 def mark_job(sweep_dir: Path, num: int, state: str, **info) -> None:
     """Record a job's own view of itself; called by the job (attempt counts SLURM restarts)."""
     path = job_file(sweep_dir, num)
-    old = read_json(path) if path.is_file() else {}
+    old = read_json_for_update(path) or {}
     rec = {**old, **info, "state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if state == "running":
         rec.update(host=socket.gethostname(), pid=os.getpid(), attempts=int(old.get("attempts", 0)) + 1,

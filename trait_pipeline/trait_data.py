@@ -203,10 +203,10 @@ def discover_traits(category: str | None = None, datasets_root: Path | None = No
     if not root.is_dir():
         return []
     found = []
-    for cat in sorted(p for p in root.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
+    for cat in sorted(p for p in root.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)):
         if category is not None and cat.name != category:
             continue
-        for folder in sorted(p for p in cat.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
+        for folder in sorted(p for p in cat.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)):
             if all(_scenario_file(folder, pol) for pol in POLARITIES):
                 found.append(f"{cat.name}/{folder.name}")
     return found

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from .errors import PipelineError
 from .layers import LAYER_CONVENTION
+from .safety.files import apply_umask
 
 TENSOR_KEY = "vector"
 PROVENANCE_KEYS = (
@@ -42,15 +43,27 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     os.close(fd)
     try:
         save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, tmp, metadata=meta)
+        apply_umask(tmp)  # mkstemp makes 0600 whatever the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _unreadable(path: Path, exc: BaseException) -> PipelineError:
+    from .errors import one_line
+
+    return PipelineError(
+        f"cannot read {path}: {one_line(exc)} (truncated or not a safetensors file); move it "
+        "aside or delete it and rerun the stage that writes it")
+
+
 def read_metadata(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001  SafetensorError, OSError: both mean "unreadable"
+        raise _unreadable(path, exc) from None
     out = {}
     for k, v in raw.items():
         try:
@@ -63,9 +76,30 @@ def read_metadata(path: Path) -> dict:
 def load_tensors(path: Path, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     if not Path(path).is_file():
         raise PipelineError(f"missing file {path}")
-    with safe_open(str(path), framework="pt", device=device) as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except Exception as exc:  # noqa: BLE001  SafetensorError, OSError: both mean "unreadable"
+        raise _unreadable(path, exc) from None
     return tensors, read_metadata(path)
+
+
+def check_loads(path: Path) -> str | None:
+    """Why ``path`` (safetensors or JSON) would not load, or None if its header reads fine."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                list(f.keys())
+        elif path.suffix == ".json":
+            from .jsonio import read_json
+
+            read_json(path)
+    except Exception as exc:  # noqa: BLE001  any failure to load is the answer
+        from .errors import one_line
+
+        return f"{path.name} no longer loads ({one_line(exc)[:120]})"
+    return None
 
 
 def save_vector(path: Path, vector: torch.Tensor, provenance: dict) -> None:

@@ -26,7 +26,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-ENV_PREFIXES = ("TRAIT_PIPELINE_", "HF_", "TRANSFORMERS_")
 
 
 class JobFailed(RuntimeError):
@@ -71,8 +70,12 @@ class SweepJob:
         self.sweep_dir = str(sweep_dir)
         self.singleton_state = singleton_state
         self.owner_pid = os.getpid()  # the launcher's process: no state to restore there
-        # the config reads these (paths.experiments ...): a rerun must see the sweep's values
-        self.env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+        # the config reads these (paths.experiments ...): a rerun must see the sweep's values.
+        # This object is pickled into the sweep folder: credentials (HF_TOKEN ...) stay out of
+        # it and reach the job from its own environment (inherited, or exported by sbatch).
+        from trait_pipeline.safety.secrets import job_env
+
+        self.env = job_env()
 
     def __call__(self, num: int, overrides: list[str]) -> Any:
         from hydra.core.singleton import Singleton

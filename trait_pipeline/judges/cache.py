@@ -69,6 +69,9 @@ class JudgeCache:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(value, f, ensure_ascii=False)
             # no fsync: a lost entry after a power cut is only a cache miss
+            from ..safety.files import apply_umask
+
+            apply_umask(tmp)  # mkstemp makes 0600 whatever the umask
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -34,6 +34,7 @@ from tenacity import (
 from tqdm import tqdm
 
 from ..errors import PipelineError
+from ..safety.secrets import redact
 from . import prompts as P
 from .cache import JudgeCache
 from .prompt_judge import PromptJudge
@@ -127,10 +128,11 @@ class OpenAIJudge(PromptJudge):
         failures: list[str] = []  # one summary line at the end, not a warning per request
         results = run_coroutine(lambda: self._post_all(bodies, parse, what, failures))
         if failures:
+            self.note_failures(len(failures), failures[-1])
             log.warning(
                 "judge %s: %d of %d %s requests failed after %d attempts (last: %s); "
                 "their scores are None", self.model, len(failures), len(bodies), what,
-                self.settings.retries + 1, failures[-1],
+                self.settings.retries + 1, self.last_error,
             )
         return results
 
@@ -235,16 +237,19 @@ def _read_api_key(env: str | None) -> str | None:
 
 
 def _error_detail(resp: httpx.Response) -> str:
+    """The server's error message, on one line, with credentials masked (proxies echo keys)."""
     try:
         err = resp.json().get("error")
         text = err.get("message") if isinstance(err, dict) else str(err)
     except (ValueError, AttributeError):
         text = resp.text
-    return " ".join(str(text or resp.reason_phrase).split())[:200]
+    auth = resp.request.headers.get("authorization", "") if resp.request is not None else ""
+    key = auth.split(" ", 1)[1] if " " in auth else ""
+    return redact(" ".join(redact(str(text or resp.reason_phrase), [key] if key else []).split()))[:200]
 
 
 def _describe_error(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+    return redact(str(exc) or type(exc).__name__)
 
 
 def _parse_logprob_score(data: dict) -> RawScore:

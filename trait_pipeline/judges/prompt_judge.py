@@ -38,6 +38,15 @@ class PromptJudge:
     def __init__(self, min_mass: MinMass, cache: JudgeCache | None) -> None:
         self.min_mass = min_mass
         self.cache = cache
+        self.failed_requests = 0          # requests that failed for good (outage, 5xx ...)
+        self.last_error: str | None = None
+
+    def note_failures(self, count: int, last: str) -> None:
+        """Record requests that got no answer, so a stage can tell an outage from a low score."""
+        from ..safety.secrets import redact
+
+        self.failed_requests += count
+        self.last_error = redact(last)
 
     # what a subclass provides ------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
