@@ -15,19 +15,26 @@ What this adds to plain ``@hydra.main``:
 * ``--cfg`` prints the resolved config (the model a variant loads, the job's output dir).
 * Before Hydra runs, every combination of experiment / variant / trait on the line is
   composed and checked, so an unknown name fails in one line before any model loads.
-* In the job, a :class:`PipelineError` prints ``error: <message>`` and exits with status 2.
+* In the job, a :class:`PipelineError` prints ``error: <message>`` and exits with status 2;
+  so does an output folder that cannot be written (read-only, full, another user's).
+* No folder is left behind by a failed command: before Hydra makes ``runs/<id>``, the output
+  folder is checked to be writable and the stage's own ``precheck`` runs; if the job still
+  fails with a one-line error, the run folder and every folder this command created are
+  removed (a sweep keeps its jobs' run folders: the launcher points at their logs).
 
 Nothing here imports torch: ``--help`` and ``--cfg job`` stay well under a second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .errors import PipelineError, one_line
 
@@ -121,16 +128,37 @@ def _missing_option_message(exc: Exception) -> str:
     return one_line(text)
 
 
-def preflight(config_name: str, argv: list[str]) -> None:
-    """Compose and validate every combination on the command line; raise PipelineError."""
+# the folders between a single run's output dir and the nearest one that existed before it
+_CREATED_CHAIN: list[Path] = []
+
+
+def _missing_chain(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    out, p = [], Path(path).absolute()
+    while not p.exists() and p.parent != p:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def preflight(config_name: str, argv: list[str],
+              precheck: Callable | None = None) -> None:
+    """Compose and validate every combination on the command line; raise PipelineError.
+
+    Also checks that each job's output folder can be written, and runs the stage's
+    ``precheck(cfg)`` (its own settings and input files), so bad input fails before Hydra
+    creates any folder.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
     from .config import validate
     from .layout import CONF_DIR
+    from .safety.files import check_writable
 
     overrides = [a for a in _overrides(argv) if not a.startswith("hydra/") and not a.startswith("hydra.")]
+    inspect_only = any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv)
     try:
         combos = _expand(overrides)
     except HydraException as exc:
@@ -138,32 +166,98 @@ def preflight(config_name: str, argv: list[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            for combo in combos:
+            cfgs = []
+            for combo in combos:  # every name first: a bad one fails the same way anywhere
                 try:
                     cfg = compose(config_name=config_name, overrides=combo)
                 except HydraException as exc:
                     raise PipelineError(_missing_option_message(exc)) from None
                 validate(cfg)
+                cfgs.append(cfg)
+            if inspect_only:  # --cfg prints the config: it writes nothing, needs no input
+                return
+            for cfg in cfgs:
+                out = cfg.get("output_dir")
+                if out is not None:
+                    check_writable(Path(str(out)))
+                    if len(combos) == 1 and not any(a in _MULTIRUN_FLAGS for a in argv):
+                        _CREATED_CHAIN[:] = _missing_chain(Path(str(out)) / "runs")
+                if precheck is not None:
+                    precheck(cfg)
     finally:
         GlobalHydra.instance().clear()
 
 
 def _run_task(task: Callable, cfg) -> object:
     from .config import validate
+    from .safety.files import WRITE_ERRNOS, write_error_message
 
     try:
-        validate(cfg)
-        return task(cfg)
+        try:
+            validate(cfg)
+            return task(cfg)
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            raise PipelineError(write_error_message(exc)) from None
     except PipelineError as exc:
         log.error("error: %s", one_line(exc))
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        _remove_single_run_folders(cfg)
         stop = SystemExit(2)
         stop.error = one_line(exc)  # so a sweep launcher can name the error, not just the status
         raise stop from None
 
 
-def stage_main(config_name: str) -> Callable[[Callable], Callable[[], None]]:
-    """Turn ``run(cfg)`` into the console entry point of a stage (see module docstring)."""
+def _remove_single_run_folders(cfg) -> None:
+    """After a one-line error in a single run: remove its run folder (log, .hydra/) and the
+    folders this command created, so a failed command leaves nothing behind. Only empty
+    folders are removed outside the run folder: another process's files are never touched."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.RUN:
+            return  # a sweep job: its log is where the launcher's report points
+        run_dir = Path(hc.runtime.output_dir).absolute()
+        expected = Path(str(cfg.output_dir)).absolute() / "runs"
+    except (ValueError, AttributeError, OmegaConfBaseException):
+        return
+    if run_dir.parent != expected:  # hydra.run.dir set by hand: not ours to remove
+        return
+    for logger in [logging.getLogger(), *[logging.getLogger(n) for n in logging.root.manager.loggerDict]]:
+        for h in list(getattr(logger, "handlers", [])):
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).is_relative_to(run_dir):
+                h.close()
+                logger.removeHandler(h)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if _CREATED_CHAIN:  # the topmost folder this command created, and what it made below it
+        _remove_empty_tree(_CREATED_CHAIN[-1])
+
+
+def _remove_empty_tree(top: Path) -> None:
+    import os
+
+    for dirpath, _dirs, files in os.walk(top, topdown=False):
+        for name in files:  # empty lock files of ours (filelock keeps them on Unix)
+            lock = Path(dirpath) / name
+            if name.endswith(".lock") and lock.stat().st_size == 0:
+                lock.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)  # fails, as wanted, on a folder that is not empty
+
+
+def stage_main(config_name: str, precheck: Callable | None = None
+               ) -> Callable[[Callable], Callable[[], None]]:
+    """Turn ``run(cfg)`` into the console entry point of a stage (see module docstring).
+
+    ``precheck(cfg)`` (optional, torch-free) checks the stage's own settings and input
+    files before Hydra creates the run folder; it raises :class:`PipelineError`.
+    """
 
     def deco(task: Callable) -> Callable[[], None]:
         def main() -> None:
@@ -176,7 +270,7 @@ def stage_main(config_name: str) -> Callable[[Callable], Callable[[], None]]:
             argv = normalize_argv(sys.argv[1:])
             if not any(a in _NO_PREFLIGHT_FLAGS for a in argv):
                 try:
-                    preflight(config_name, argv)
+                    preflight(config_name, argv, precheck)
                 except PipelineError as exc:
                     print(f"error: {one_line(exc)}", file=sys.stderr)
                     raise SystemExit(2) from None

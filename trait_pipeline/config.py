@@ -129,7 +129,10 @@ def validate(cfg: DictConfig) -> None:
     except OmegaConfBaseException as exc:
         msg = one_line(exc)
         raise PipelineError(_friendly_resolution_error(cfg, msg)) from None
-    _check_finite(OmegaConf.to_container(cfg, resolve=True, exclude_structured_configs=True))
+    for key in cfg:
+        if key != "hydra":
+            _check_finite(OmegaConf.to_container(OmegaConf.create({key: cfg[key]}, parent=cfg),
+                                                 resolve=True))
     variant_spec(cfg)
     device = cfg.get("device")
     if device is not None and not DEVICE_RE.fullmatch(str(device)):
@@ -179,6 +182,10 @@ def _friendly_resolution_error(cfg: DictConfig, msg: str) -> str:
             f"model_variant {name!r} is not defined by experiment {cfg.get('experiment')!r}; "
             f"it defines: {', '.join(variant_names(cfg)) or '(none)'}"
         )
+    m = re.search(r"(?:LayoutError|PositionError|PipelineError) raised while resolving "
+                  r"interpolation: (.*?)(?: full_key:.*)?$", msg)
+    if m:  # a bad name that would become part of a path: say what was wrong, not where
+        return m.group(1)
     if "Missing mandatory value" in msg:
         key = msg.split("full_key:")[-1].split()[0] if "full_key:" in msg else msg
         return f"missing value for {key}: set it on the command line, e.g. {key}=..."

@@ -49,7 +49,11 @@ def inside(root: Path, path: Path) -> Path:
     real_root = Path(root).resolve()
     real = Path(path).resolve()
     if real != real_root and real_root not in real.parents:
-        raise LayoutError(f"path {path} is outside the experiments directory")
+        try:
+            shown = Path(path).relative_to(root).as_posix()
+        except ValueError:
+            shown = Path(path).name
+        raise LayoutError(f"path {shown} leads outside the experiments directory")
     return real
 
 
@@ -90,7 +94,7 @@ class Dashboard:
     def layout(self, experiment: str) -> Layout:
         lay = Layout(self.root, experiment)
         if not inside(self.root, lay.root).is_dir():
-            raise NotFound(f"no experiment {experiment!r} in {self.root}; "
+            raise NotFound(f"no experiment {experiment!r}; "
                            f"found: {', '.join(layout_mod.experiments(self.root)) or 'none'}")
         return lay
 
@@ -119,7 +123,8 @@ class Dashboard:
         lay = self.layout(experiment)
         check_name("model variant", variant)
         path = lay.evaluation_path(variant)
-        data = _read(self.root, path) if inside(self.root, path).is_file() else {}
+        # a link leading outside is skipped like a missing file: it never blocks the view
+        data = _read(self.root, path) if lay.within(path) and path.is_file() else {}
         rows = [dict(r) for r in (data.get("results") or data.get("all_results") or [])
                 if isinstance(r, dict) and "trait" in r and "layer" in r and "method" in r]
         if rows and any("combined_score" not in r for r in rows):
@@ -285,7 +290,7 @@ class Dashboard:
         ppath = lay.projection_path(variant, trait, prompt_set, prompt_id, replayed_from)
         proj = _read(self.root, ppath)
         rpath = lay.inference_response_path(variant, prompt_set, prompt_id, replayed_from)
-        resp = _read(self.root, rpath) if inside(self.root, rpath).is_file() else {}
+        resp = _read(self.root, rpath) if lay.within(rpath) and rpath.is_file() else {}
         tokens = {ph: list((resp.get(ph) or {}).get("tokens") or []) for ph in ("prompt", "response")}
         series = _series(proj)
         n = {ph: max((len(s[ph]) for s in series), default=0) for ph in ("prompt", "response")}

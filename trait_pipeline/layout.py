@@ -127,6 +127,10 @@ class Layout:
     def root(self) -> Path:
         return self.experiments / self.experiment
 
+    def within(self, path: Path) -> bool:
+        """Whether ``path`` (symlinks followed) stays inside the experiments folder."""
+        return within(path, self.experiments)
+
     # extraction -------------------------------------------------------------------------
     def extraction_dir(self, trait: str, variant: str) -> Path:
         return self.root / "extraction" / check_trait(trait) / check_name("model variant", variant)
@@ -294,6 +298,8 @@ class Layout:
         base = self.extraction_dir(trait, variant) / "vectors"
         out = []
         for path in sorted(base.glob("*/*/*/layer*.safetensors")):
+            if not self.within(path):
+                continue
             pos_dir, comp, method = path.parts[-4:-1]
             m = re.fullmatch(r"layer(\d+)\.safetensors", path.name)
             try:
@@ -311,6 +317,8 @@ class Layout:
         base = self.extraction_dir(trait, variant) / "vectors"
         out: list[tuple[str | None, str | None, Path]] = []
         for path in sorted(base.glob("*/*/logit_lens.json")):
+            if not self.within(path):
+                continue
             try:
                 position = parse_position_dir(path.parent.parent.name)
             except ValueError:
@@ -318,7 +326,7 @@ class Layout:
             if NAME_RE.fullmatch(path.parent.name):
                 out.append((position, path.parent.name, path))
         legacy = self.logit_lens_path(trait, variant)
-        if legacy.is_file():
+        if legacy.is_file() and self.within(legacy):
             out.append((None, None, legacy))
         return out
 
@@ -327,6 +335,8 @@ class Layout:
         base = self.root / "steering" / check_trait(trait) / check_name("model variant", variant)
         out = []
         for path in sorted(base.glob("*/*/results.json")):
+            if not self.within(path):
+                continue
             try:
                 position = parse_position_dir(path.parent.parent.name)
             except ValueError:
@@ -339,19 +349,21 @@ class Layout:
         base = self.inference_dir(variant) / "replay"
         if not base.is_dir():
             return []
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name))
+        return sorted(p.name for p in base.iterdir()
+                      if p.is_dir() and NAME_RE.fullmatch(p.name) and self.within(p))
 
     def evaluation_variants(self) -> list[str]:
         """Variants with an ``extraction/_evaluation/{variant}.json``, sorted."""
         base = self.root / "extraction" / "_evaluation"
         if not base.is_dir():
             return []
-        return sorted(p.stem for p in base.glob("*.json") if p.is_file() and NAME_RE.fullmatch(p.stem))
+        return sorted(p.stem for p in base.glob("*.json")
+                      if p.is_file() and NAME_RE.fullmatch(p.stem) and self.within(p))
 
     def projection_traits(self, variant: str, replayed_from: str | None = None) -> list[str]:
         """Traits with projections under ``inference/{variant}[/replay/{source}]``, sorted."""
         base = self.inference_dir(variant, replayed_from) / "projections"
-        return _two_level_names(base)
+        return _two_level_names(base, self.experiments)
 
     def projection_sets(self, variant: str, trait: str, replayed_from: str | None = None) -> list[str]:
         """Prompt sets with at least one projection of ``trait`` on ``variant``, sorted."""
@@ -359,7 +371,8 @@ class Layout:
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir()
-                      if p.is_dir() and NAME_RE.fullmatch(p.name) and any(p.glob("*.json")))
+                      if p.is_dir() and NAME_RE.fullmatch(p.name) and self.within(p)
+                      and any(p.glob("*.json")))
 
     def projection_ids(self, variant: str, trait: str, prompt_set: str,
                        replayed_from: str | None = None) -> list[str]:
@@ -367,12 +380,13 @@ class Layout:
         base = self.projections_dir(variant, trait, prompt_set, replayed_from)
         if not base.is_dir():
             return []
-        ids = [p.stem for p in base.glob("*.json") if p.is_file() and NAME_RE.fullmatch(p.stem)]
+        ids = [p.stem for p in base.glob("*.json")
+               if p.is_file() and NAME_RE.fullmatch(p.stem) and self.within(p)]
         return sorted(ids, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
 
     def traits(self, area: str = "extraction") -> list[str]:
         """Traits with a directory under ``{area}/`` (category/name), sorted."""
-        return _two_level_names(self.root / area)
+        return _two_level_names(self.root / area, self.experiments)
 
     def variants(self, area: str = "extraction", trait: str | None = None) -> list[str]:
         """Variants with data under ``{area}/`` (for a trait, or any trait); sorted."""
@@ -380,22 +394,41 @@ class Layout:
         if area == "inference":
             base = self.root / "inference"
             if base.is_dir():
-                found = {p.name for p in base.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)}
+                found = {p.name for p in base.iterdir()
+                         if p.is_dir() and NAME_RE.fullmatch(p.name) and self.within(p)}
         else:
             for t in [trait] if trait else self.traits(area):
                 d = self.root / area / check_trait(t)
                 if d.is_dir():
-                    found |= {p.name for p in d.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)}
+                    found |= {p.name for p in d.iterdir()
+                              if p.is_dir() and NAME_RE.fullmatch(p.name) and self.within(p)}
         return sorted(found)
 
 
-def _two_level_names(base: Path) -> list[str]:
-    """``cat/name`` for every ``base/cat/name/`` directory with valid names, sorted."""
+def within(path: Path, root: Path) -> bool:
+    """Whether ``path``, symlinks followed, lies under ``root``: discovery skips links that
+    lead out of the experiments folder (a listing must not reveal or read what is outside).
+
+    >>> within(Path("/tmp/x/../y"), Path("/tmp")), within(Path("/etc"), Path("/tmp"))
+    (True, False)
+    """
+    try:
+        real, real_root = Path(path).resolve(), Path(root).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+    return real == real_root or real_root in real.parents
+
+
+def _two_level_names(base: Path, root: Path | None = None) -> list[str]:
+    """``cat/name`` for every ``base/cat/name/`` directory with valid names (inside ``root``
+    when given), sorted."""
     if not base.is_dir():
         return []
     out = []
-    for cat in sorted(p for p in base.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)):
-        for name in sorted(p for p in cat.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)):
+    ok = (lambda p: within(p, root)) if root is not None else (lambda p: True)
+    for cat in sorted(p for p in base.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name) and ok(p)):
+        for name in sorted(p for p in cat.iterdir()
+                           if p.is_dir() and NAME_RE.fullmatch(p.name) and ok(p)):
             out.append(f"{cat.name}/{name.name}")
     return out
 
@@ -408,7 +441,7 @@ def experiments(root: Path) -> list[str]:
         return []
     return sorted(
         p.name for p in root.iterdir()
-        if p.is_dir() and NAME_RE.fullmatch(p.name)
+        if p.is_dir() and NAME_RE.fullmatch(p.name) and within(p, root)
         and any((p / area).is_dir() for area in ("extraction", "steering", "inference"))
     )
 

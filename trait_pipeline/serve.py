@@ -75,13 +75,16 @@ def create_app(root: str | Path):
 
     def error(status: int):
         async def handler(_request, exc):
-            return JSONResponse({"detail": one_line(exc)}, status_code=status)
+            return JSONResponse({"detail": public_message(exc, root)}, status_code=status)
         return handler
 
     app.add_exception_handler(NotFound, error(404))
     app.add_exception_handler(LayoutError, error(400))
     app.add_exception_handler(PositionError, error(400))
     app.add_exception_handler(PipelineError, error(500))  # unreadable data on disk
+    # a name the file system refuses (too long ...) or a file it cannot read: not found
+    app.add_exception_handler(OSError, error(404))
+    app.add_exception_handler(UnicodeError, error(400))
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -129,6 +132,23 @@ def create_app(root: str | Path):
         return dash.projection(experiment, variant, trait, prompt_set, id, compare or None)
 
     return app
+
+
+_ABS_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s/'\"]+/)*([^\s/'\"]+)")
+
+
+def public_message(exc: BaseException, root: Path) -> str:
+    """An error as the API shows it: one line, paths relative to the experiments folder,
+    any other absolute path cut to its last component (the server's layout stays private).
+
+    >>> public_message(ValueError("cannot read /srv/exp/demo/x.json or /etc/passwd"), Path("/srv/exp"))
+    'cannot read demo/x.json or passwd'
+    """
+    text = one_line(exc) if not isinstance(exc, OSError) else (
+        f"cannot read {Path(str(exc.filename)).name if exc.filename else 'a file'}: "
+        f"{exc.strerror or type(exc).__name__}")
+    text = text.replace(str(root) + "/", "").replace(str(root), ".")
+    return _ABS_PATH.sub(lambda m: m.group(1), text)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

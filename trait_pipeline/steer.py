@@ -167,10 +167,8 @@ class LoadedVector:
     path: Path
 
 
-def load_vectors(lay: Layout, s: SteerSettings) -> dict[int, LoadedVector]:
-    """Every layer's vector from the extraction variant; a missing one names what exists."""
-    from .vector_store import load_vector
-
+def vector_paths(lay: Layout, s: SteerSettings) -> dict[int, Path]:
+    """Every layer's vector file of the extraction variant; a missing one names what exists."""
     out = {}
     for layer in s.layers:
         path = lay.vector_path(s.trait, s.vector_variant, s.position, s.component, s.method, layer)
@@ -183,9 +181,30 @@ def load_vectors(lay: Layout, s: SteerSettings) -> dict[int, LoadedVector]:
             raise PipelineError(
                 f"no vector for layer {layer} of {s.trait} on variant {s.vector_variant!r} "
                 f"({s.method}, {s.component}, {s.position}): missing {path}; {hint}")
+        out[layer] = path
+    return out
+
+
+def load_vectors(lay: Layout, s: SteerSettings) -> dict[int, LoadedVector]:
+    """Every layer's vector from the extraction variant (see :func:`vector_paths`)."""
+    from .vector_store import load_vector
+
+    out = {}
+    for layer, path in vector_paths(lay, s).items():
         vec, meta = load_vector(path)
         out[layer] = LoadedVector(layer, vec.float(), meta, path)
     return out
+
+
+def precheck(cfg: DictConfig) -> None:
+    """What can be checked before Hydra makes the run folder: settings, questions, vectors."""
+    from .judges import check_judge_config
+
+    s = settings(cfg)
+    if check_judge_config(cfg.judge)["kind"] == "none":
+        raise PipelineError("steering needs a judge, but judge=none; pick judge=offline|openai|local_hf")
+    load_questions(s, Path(cfg.paths.datasets))
+    vector_paths(layout(cfg), s)
 
 
 def _ranges(values: Sequence[int]) -> str:
@@ -685,7 +704,7 @@ def run(cfg: DictConfig) -> dict:
             "gen_seconds": steerer.gen_seconds}
 
 
-main = stage_main("steer")(run)
+main = stage_main("steer", precheck)(run)
 
 if __name__ == "__main__":
     main()

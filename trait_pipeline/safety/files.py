@@ -14,23 +14,27 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import threading
 from pathlib import Path
 
 from ..errors import PipelineError
 
 _lock = threading.Lock()
-_umask: int | None = None
 
 
 def current_umask() -> int:
-    """The process umask (read once: reading it means setting it, briefly)."""
-    global _umask
-    with _lock:
-        if _umask is None:
-            _umask = os.umask(0o022)
-            os.umask(_umask)
-        return _umask
+    """The process umask, read now (a test or a user may change it while we run)."""
+    try:  # Linux: readable without touching it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _lock:  # elsewhere reading it means setting it, briefly
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def file_mode() -> int:
@@ -62,6 +66,9 @@ def write_error_message(exc: OSError) -> str:
             "(or TRAIT_PIPELINE_EXPERIMENTS) at a writable folder")
 
 
+MIN_FREE_BYTES = 8 * 2**20  # below this a run would fail half-way: refuse it up front
+
+
 def first_existing(path: Path) -> Path:
     """``path`` or its nearest ancestor that exists."""
     p = Path(path).absolute()
@@ -79,3 +86,12 @@ def check_writable(path: Path, what: str = "output folder") -> None:
         raise PipelineError(
             f"cannot write the {what} {path}: {anchor} is not writable (read-only or another "
             "user's); point paths.experiments (or TRAIT_PIPELINE_EXPERIMENTS) at a writable folder")
+    try:
+        free = shutil.disk_usage(anchor).free
+    except OSError:
+        return
+    if free < MIN_FREE_BYTES:
+        raise PipelineError(
+            f"cannot write the {what} {path}: only {free // 1024} KiB free on its file system "
+            f"(need at least {MIN_FREE_BYTES // 2**20} MiB); free space or point paths.experiments "
+            "at another folder")
