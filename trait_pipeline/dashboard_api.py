@@ -162,6 +162,8 @@ class Dashboard:
     def steering_index(self, experiment: str, variant: str, trait: str) -> dict:
         """The results files of a trait on a variant: ``[{position, position_dir, prompt_set}]``."""
         lay = self.layout(experiment)
+        check_name("model variant", variant)
+        layout_mod.check_trait(trait)
         files = [
             {"position": pos, "position_dir": Position.parse(pos).dirname, "prompt_set": ps}
             for pos, ps, _ in lay.steering_results_files(trait, variant)
@@ -267,6 +269,7 @@ class Dashboard:
     def inference_index(self, experiment: str, variant: str) -> dict:
         """Traits, prompt sets and ids with projections on a variant, plus prompt texts."""
         lay = self.layout(experiment)
+        check_name("model variant", variant)
         if variant not in lay.variants("inference"):
             raise NotFound(f"no inference data for variant {variant!r}; "
                            f"found: {', '.join(lay.variants('inference')) or 'none'}")
