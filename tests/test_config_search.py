@@ -183,3 +183,8 @@ def test_config_dir_flag_and_hydra_searchpath_reach_the_early_checks(tmp_path):
     r = _cli("trait_pipeline.steer", "-cd", str(tmp_path / "typo"), "--cfg", "job", cwd=elsewhere)
     assert r.returncode == 2 and r.stderr.startswith(f"error: config dir {tmp_path / 'typo'} does not exist")
     assert len(r.stderr.strip().splitlines()) == 1
+    r = _cli("trait_pipeline.steer", "--cfg", "job", cwd=elsewhere,
+             TRAIT_PIPELINE_PROJECT=str(tmp_path / "nope"))
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: $TRAIT_PIPELINE_PROJECT='{tmp_path / 'nope'}' is not a directory; "
+        "expected your project dir (holding conf/, datasets/, experiments/)")

@@ -122,11 +122,15 @@ def _missing_option_message(exc: Exception) -> str:
 
 
 def check_config_dirs() -> None:
-    """Every dir named by ``$TRAIT_PIPELINE_CONFIG_PATH`` (or ``--config-dir``) must exist."""
+    """``$TRAIT_PIPELINE_PROJECT`` and every dir of ``$TRAIT_PIPELINE_CONFIG_PATH`` (or
+    ``--config-dir``) must exist."""
     import os
 
-    from .layout import CONFIG_PATH_ENV, user_config_dirs
+    from .layout import CONFIG_PATH_ENV, PROJECT_ENV, project_dir, user_config_dirs
 
+    if os.environ.get(PROJECT_ENV) and not project_dir().is_dir():
+        raise PipelineError(f"${PROJECT_ENV}={os.environ[PROJECT_ENV]!r} is not a directory; "
+                            "expected your project dir (holding conf/, datasets/, experiments/)")
     for d in user_config_dirs():
         if not d.is_dir():
             raise PipelineError(f"config dir {d} does not exist (from --config-dir or "
