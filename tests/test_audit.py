@@ -209,6 +209,7 @@ def _run_case(case: Case, root: Path, tmp: Path) -> dict:
     }
 
 
+@pytest.mark.timeout(1800)  # ~1 min on 2 free cores; generous for a loaded machine
 def test_bad_input_table(extracted, tmp_path):
     lanes = [tmp_path / "lane0", tmp_path / "lane1"]
     for lane in lanes:
@@ -281,6 +282,7 @@ def _no_temp_files_and_all_loads(root: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_kill_9_during_extract_and_steer_then_rerun(extracted, tmp_path):
     from trait_pipeline.extract import _vectors_match
 
