@@ -136,12 +136,13 @@ def create_app(root: str | Path, chat: ChatSettings | None = None):
         lay = dash.layout(experiment)
         check_name("model variant", variant)
         found = find_calibration(lay, variant)
-        if found is None:
-            raise NotFound(f"no massive-dims calibration for {variant!r}; run: python -m "
-                           f"trait_pipeline.infer model_variant={variant} massive.calibrate=true")
+        if found is None:  # not an error: most variants are never calibrated
+            return {"calibrated": False,
+                    "detail": f"no massive-dims calibration for {variant!r}; run: python -m "
+                              f"trait_pipeline.infer model_variant={variant} massive.calibrate=true"}
         data, path = found
         return {**{k: v for k, v in data.items() if k != "mean_abs_by_layer"},
-                "file": path.relative_to(root).as_posix()}
+                "calibrated": True, "file": path.relative_to(root).as_posix()}
 
     @app.get("/api/experiments/{experiment}/inference/{variant}/projection")
     def projection(experiment: str, variant: str, trait: str, prompt_set: str, id: str,

@@ -45,10 +45,11 @@ class Watched:
     spec: WatchSpec
     vector: object  # infer.LoadedVector
     exclude_dims: list[int] | None
+    key: str = ""  # how events name it: the trait, or trait@L{layer}/{method} when repeated
 
     def describe(self) -> dict:
         c = self.vector.choice
-        return {"trait": c.trait, "layer": c.layer, "method": c.method, "component": c.component,
+        return {"key": self.key, "trait": c.trait, "layer": c.layer, "method": c.method, "component": c.component,
                 "position": c.position, "model_variant": c.model_variant,
                 "selection_source": c.selection_source, "selection_score": c.score,
                 "selection_reason": c.reason, "clean": "massive" if self.exclude_dims is not None
@@ -80,7 +81,12 @@ def resolve_watches(lay: Layout, exp: ExperimentVariants, variant: str,
             raise PipelineError(f"cannot watch {w.trait!r} live: its vector is on component "
                                 f"{choice.component!r}; expected one of {', '.join(CAPTURABLE)}")
         out.append(Watched(w, load_choice(lay, choice, centered=False), dims))
-    return out
+    repeated = {t for t in (w.trait for w in specs) if sum(x.trait == t for x in specs) > 1}
+    keys = [f"{w.vector.choice.trait}@L{w.vector.choice.layer}/{w.vector.choice.method}"
+            if w.spec.trait in repeated else w.spec.trait for w in out]
+    if len(set(keys)) != len(keys):
+        raise PipelineError(f"a trait is watched twice at the same vector: {', '.join(keys)}")
+    return [Watched(w.spec, w.vector, w.exclude_dims, k) for w, k in zip(out, keys)]
 
 
 def check_messages(messages: Sequence[dict]) -> list[dict]:
@@ -125,7 +131,7 @@ def _projector(watches: Sequence[Watched]):
             c = w.vector.choice
             p = project_tokens(acts[c.component], w.vector.vector, layers.index(c.layer),
                                exclude_dims=w.exclude_dims)
-            out[c.trait] = {"projections": p.projections, "token_norms": p.token_norms}
+            out[w.key] = {"projections": p.projections, "token_norms": p.token_norms}
         return out
 
     return layers or [0], comps, project
