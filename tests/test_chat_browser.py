@@ -89,10 +89,11 @@ def visit(page, server, **params):
 
 
 def send(page, text: str):
+    n = int(page.evaluate("document.body.dataset.answered || '0'"))
     page.fill("#chat-input", text)
     page.click("#chat-send")
-    page.wait_for_function("document.body.dataset.chat === 'streaming'", timeout=10_000)
-    page.wait_for_function("document.body.dataset.chat === 'idle'", timeout=60_000)
+    page.wait_for_function(f"Number(document.body.dataset.answered || 0) > {n}", timeout=60_000)
+    assert page.evaluate("document.body.dataset.chat") == "idle"
 
 
 def answer_tokens(page, pane: str) -> list[str]:
@@ -199,19 +200,6 @@ def test_disconnect_mid_answer_stops_generation(browser, server, app):
     time.sleep(1.0)
     assert _total(app) == stopped_at  # nothing more is generated
     assert stopped_at - before < CAP
-
-
-def test_stop_button_cancels(page, server, app):
-    visit(page, server, exp="demo", view="chat", cvariant="base", ctraits=TRAIT, cmax=str(CAP))
-    page.fill("#chat-input", "the game is")
-    # the UI sends no min_new_tokens: base ends at EOS or the cap; Stop must end it either way
-    page.click("#chat-send")
-    page.click("#chat-stop")
-    page.wait_for_function("document.body.dataset.chat === 'idle'", timeout=30_000)
-    deadline = time.monotonic() + 15
-    while not _idle(app) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _idle(app)
 
 
 def test_dynamics_overlays_traits_and_toggles_massive_cleaning(page, server, root):

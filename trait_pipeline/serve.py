@@ -215,8 +215,35 @@ def screenshots(root: Path, out: Path, experiment: str | None = None,
                 path = out / f"dashboard-{view}.png"
                 page.screenshot(path=str(path), full_page=True)
                 written.append(path)
+            written += _chat_screenshots(page, url, exp, out, root)
         finally:
             browser.close()
+    return written
+
+
+CHAT_SHOTS = (  # (file, query, message): one answer, and two variants on the same tokens
+    ("dashboard-chat.png", "cvariant=instruct", "how is the game going ?"),
+    ("dashboard-chat-compare.png", "cvariant=instruct&cmode=replay&cvariant_b=rm_lora",
+     "what do you think about the concert ?"),
+)
+
+
+def _chat_screenshots(page, url: str, exp: str, out: Path, root: Path) -> list[Path]:
+    """The live chat answering (needs the experiment's preset and trait vectors)."""
+    from .chat.experiments import presets
+
+    if exp not in presets() or not Dashboard(root).overview(exp)["extraction"]["traits"]:
+        return []
+    written = []
+    for name, query, message in CHAT_SHOTS:
+        page.goto(f"{url}/?exp={exp}&view=chat&{query}&cmax=24")
+        page.wait_for_function("document.body.dataset.ready === 'true'", timeout=30_000)
+        page.fill("#chat-input", message)
+        page.click("#chat-send")
+        page.wait_for_function("Number(document.body.dataset.answered || 0) > 0", timeout=300_000)
+        path = out / name
+        page.screenshot(path=str(path), full_page=True)
+        written.append(path)
     return written
 
 

@@ -350,6 +350,7 @@ async function answerTurn(node) {
   } finally {
     chatAbort = [];
     persist(); drawChat(); chatBusy(false); memoryLine();
+    document.body.dataset.answered = String(Number(document.body.dataset.answered || 0) + 1);
   }
 }
 
