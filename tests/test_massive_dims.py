@@ -27,7 +27,7 @@ def test_criterion_needs_outsized_values_at_enough_layers():
     mags[:, 5] = 3.0           # the largest of the rest, but not outsized
     found = find_massive(mags, Criterion(top_k=3, min_layers=3, min_ratio=10.0))
     assert found["dims"] == [3]
-    assert found["top_dims_by_layer"]["0"] == [3, 9]
+    assert sorted(found["top_dims_by_layer"]["0"]) == [3, 9]
     assert found["layers_per_dim"] == {"3": 6, "9": 2}
     # with no ratio floor, top-k alone picks the largest dims wherever they are
     assert find_massive(mags, Criterion(top_k=2, min_layers=3, min_ratio=0.0))["dims"] == [3, 5]
@@ -73,11 +73,13 @@ def test_a_planted_constant_dimension_is_found(lm):
     finally:
         with torch.no_grad():
             emb[:, PLANTED] = saved
-    assert PLANTED not in before["dims"]
-    assert PLANTED in after["dims"]
-    assert after["layers_per_dim"][str(PLANTED)] == after["n_layers"]
+    assert before["dims"] == []  # the demo family has none (largest: ~6x the median)
+    assert after["dims"] == [PLANTED]  # exactly the planted one
+    # outsized from the embedding on, fading as the residual stream grows deeper in
+    assert after["layers_per_dim"][str(PLANTED)] >= Criterion().min_layers
+    assert PLANTED in after["top_dims_by_layer"]["0"]
     assert after["largest_by_layer"]["0"][0]["dim"] == PLANTED
-    assert after["largest_by_layer"]["0"][0]["ratio_to_median"] > 10
+    assert after["largest_by_layer"]["0"][0]["ratio_to_median"] > 30
 
 
 COMMON = ("model_variant=instruct", "limit=2", "generation.max_new_tokens=4", "layer=10",

@@ -18,7 +18,6 @@ once the stream has started is an ``error`` event; all are one line.
 >>> #        "messages":[{"role":"user","content":"how is the game going ?"}]}'
 """
 
-from __future__ import annotations
 
 import asyncio
 import json
