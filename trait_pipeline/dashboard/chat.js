@@ -255,7 +255,9 @@ function plotPanes() {
     });
     Plotly.react(div, traces, {
       title: { text: `${ans.variant}${ans.replayed_from ? " reading " + ans.replayed_from : ""}: ${NORMS[norm]} per response token` },
-      xaxis: { title: { text: "response token" } }, yaxis: { title: { text: NORMS[norm] } },
+      xaxis: { title: { text: "response token" }, ...(ans.tokens.length <= 48
+        ? { tickmode: "array", tickvals: ans.tokens.map((_, k) => k), ticktext: ans.tokens, tickangle: -45 } : {}) },
+      yaxis: { title: { text: NORMS[norm] } },
       legend: { orientation: "h", y: -0.25 }, margin: { t: 40, b: 80 },
     }, PLOT_CONFIG);
   }
