@@ -238,6 +238,9 @@ function answerEl(ans) {
   return el;
 }
 
+// Plotly reads labels as HTML: a token like "</s>" must be escaped to be shown
+const esc = (t) => String(t).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
 function plotPanes() {
   const turns = path();
   const last = turns[turns.length - 1];
@@ -250,13 +253,13 @@ function plotPanes() {
       const y = normalise(ans.proj[trait], ans.norms[trait], norm, (ans.prompt || {}).proj ? ans.prompt.proj[trait] : null);
       const w = (ans.watches || []).find((x) => x.key === trait);
       return { type: "scatter", mode: "lines+markers", name: w ? `${trait} L${w.layer} ${w.method}` : trait,
-        x: y.map((_, k) => k), y, customdata: ans.tokens, line: { color: COLORS[i % COLORS.length] },
+        x: y.map((_, k) => k), y, customdata: ans.tokens.map(esc), line: { color: COLORS[i % COLORS.length] },
         hovertemplate: "%{x} %{customdata}: %{y:.3f}<extra>" + trait + "</extra>" };
     });
     Plotly.react(div, traces, {
       title: { text: `${ans.variant}${ans.replayed_from ? " reading " + ans.replayed_from : ""}: ${NORMS[norm]} per response token` },
       xaxis: { title: { text: "response token" }, ...(ans.tokens.length <= 48
-        ? { tickmode: "array", tickvals: ans.tokens.map((_, k) => k), ticktext: ans.tokens, tickangle: -45 } : {}) },
+        ? { tickmode: "array", tickvals: ans.tokens.map((_, k) => k), ticktext: ans.tokens.map(esc), tickangle: -45 } : {}) },
       yaxis: { title: { text: NORMS[norm] } },
       legend: { orientation: "h", y: -0.25 }, margin: { t: 40, b: 80 },
     }, PLOT_CONFIG);
