@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import VariantSpec, variant_names, variant_spec
 from ..errors import PipelineError, one_line
-from ..layout import CONF_DIR, check_name
+from ..layout import CONF_DIR, check_name, config_dirs
 
 _LOCK = threading.Lock()  # Hydra's global state is not thread-safe
 _CACHE: dict[tuple[str, str], ExperimentVariants] = {}
@@ -48,7 +48,8 @@ class ExperimentVariants:
 
 
 def presets() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    """Experiment presets in every config dir (the user's and the shipped one)."""
+    return sorted({p.stem for d in config_dirs() for p in (d / "experiment").glob("*.yaml")})
 
 
 def load_experiment(experiment: str, experiments_dir: Path) -> ExperimentVariants:
@@ -59,8 +60,9 @@ def load_experiment(experiment: str, experiments_dir: Path) -> ExperimentVariant
         if key in _CACHE:
             return _CACHE[key]
         if experiment not in presets():
-            raise UnknownName(f"experiment {experiment!r} has no preset conf/experiment/"
-                              f"{experiment}.yaml, so its variants are unknown; presets: "
+            raise UnknownName(f"experiment {experiment!r} has no preset experiment/"
+                              f"{experiment}.yaml in any config dir, so its variants are "
+                              "unknown; presets: "
                               f"{', '.join(presets())}")
         from hydra import compose, initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
