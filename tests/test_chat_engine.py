@@ -29,8 +29,7 @@ INFER = ("limit=1", f"generation.max_new_tokens={N_NEW}", "layer=10", "method=me
 def root(tmp_path_factory, demo_family):
     root = tmp_path_factory.mktemp("chat_engine")
     write_demo_vectors(root, layers=(6, 10), methods=("mean_diff",))
-    for variant in ("instruct", "rm_lora"):
-        run(compose("infer", f"paths.experiments={root}", f"model_variant={variant}", *INFER))
+    run(compose("infer", f"paths.experiments={root}", "model_variant=instruct", *INFER))
     run(compose("infer", f"paths.experiments={root}", "model_variant=rm_lora", "replay=instruct",
                 *INFER))
     return root
@@ -50,7 +49,7 @@ def _watches(root, exp, variant, both=False):
     return resolve_watches(Layout(root, "demo"), exp, variant, specs)
 
 
-@pytest.mark.parametrize("variant", ["instruct", "rm_lora"])
+@pytest.mark.parametrize("variant", ["instruct"])  # rm_lora: see the replay test
 def test_streamed_projections_equal_infer(root, exp, variant):
     lm = load_variant(exp.spec(variant), device="cpu")
     watches = _watches(root, exp, variant)
