@@ -89,6 +89,13 @@ def _config_path() -> str | None:
     return None if path is None else str(path)
 
 
+def _snapshot(base: Path) -> str | None:
+    """This job's resolved snapshot, relative to ``base`` (the folder of the file citing it)."""
+    from .review.run_record import snapshot_link
+
+    return snapshot_link(base)
+
+
 def parse_force(value: Any) -> set[str]:
     """``false`` -> {}, ``true`` -> every step, ``[vectors]`` / ``vectors`` -> those steps."""
     if value is None or value is False:
@@ -352,7 +359,7 @@ def step_generate(job: Job) -> str:
         **settings, "n_pos": len(records["pos"]), "n_neg": len(records["neg"]),
         "n_scenarios": job.data.n_pairs, "has_system_prompts": job.data.has_system_prompts,
         "files": list(job.data.files), "content_digest": digest(records), "inputs": inputs,
-        "config": _config_path(), "timestamp": _now(),
+        "config": _config_path(), "snapshot": _snapshot(d), "timestamp": _now(),
     })
     return "ran"
 
@@ -405,7 +412,7 @@ def _vet_file(kind: str, job: Job, scores: dict[str, list], keys: dict[str, list
         "thresholds": {"pos_threshold": float(vet.pos_threshold), "neg_threshold": float(vet.neg_threshold)},
         "summary": summary, "failed_indices": failed, "results": results,
         "content_digest": digest([r["score"] for r in results]), "inputs": inputs,
-        "config": _config_path(), "timestamp": _now(),
+        "config": _config_path(), "snapshot": _snapshot(job.root / "vetting"), "timestamp": _now(),
     }
 
 
@@ -628,7 +635,7 @@ def step_activations(job: Job) -> str:
         "split": {"val_split": val_split, "seed": seed, "grouped_by": "scenario_idx",
                   "val_scenarios": sorted(val_scen)},
         "skipped": skipped, "vetting": vet_info, "activation_norms": norms,
-        "content_digest": content, "inputs": inputs, "config": _config_path(), "timestamp": _now(),
+        "content_digest": content, "inputs": inputs, "config": _config_path(), "snapshot": _snapshot(d), "timestamp": _now(),
     })
     return "ran"
 
@@ -680,7 +687,7 @@ def step_vectors(job: Job) -> str:
         write_json(d / "metadata.json", {
             "schema_version": SCHEMA_VERSION, **job.provenance(), "method": method, "seed": seed,
             "layers": per_layer, "content_digest": h.hexdigest()[:16], "inputs": inputs,
-            "config": _config_path(), "timestamp": _now(),
+            "config": _config_path(), "snapshot": _snapshot(d), "timestamp": _now(),
         })
         ran.append(method)
     return f"ran ({', '.join(ran)})" if ran else "skipped"
@@ -734,7 +741,7 @@ def step_evaluate(job: Job) -> str:
         "schema_version": SCHEMA_VERSION, **job.provenance(), "n_layers": job.n_layers,
         "counts": ameta["counts"], "activation_norms": ameta["activation_norms"],
         "best": best_per_trait(all_rows).get(job.trait), "results": all_rows,
-        "inputs": method_inputs, "config": _config_path(), "timestamp": _now(),
+        "inputs": method_inputs, "config": _config_path(), "snapshot": _snapshot(out.parent), "timestamp": _now(),
     })
     write_heatmap(png, all_rows, job)
     merge_variant_evaluation(variant_file, job, rows, todo, ameta, inputs)
@@ -774,7 +781,7 @@ def merge_variant_evaluation(path: Path, job: Job, rows: list[dict], methods: li
         entries.append({**key, "n_layers": job.n_layers, "counts": ameta["counts"],
                         "activation_norms": ameta["activation_norms"],
                         "inputs": {**prev.get("inputs", {}), **{m: inputs[m] for m in methods}},
-                        "config": _config_path(), "timestamp": _now()})
+                        "config": _config_path(), "snapshot": _snapshot(path.parent), "timestamp": _now()})
         all_rows = add_combined_scores(old_rows + [dict(r) for r in rows])
         all_rows.sort(key=lambda r: (r["trait"], r["position"], r["component"],
                                      METHODS.index(r["method"]) if r["method"] in METHODS else 99,
@@ -870,7 +877,7 @@ def step_logit_lens(job: Job) -> str:
                      "methods": methods,
                      "inputs": {**{m: i for m, i in old.get("inputs", {}).items() if m not in todo},
                                 **{m: inputs[m] for m in todo}},
-                     "config": _config_path(), "timestamp": _now()})
+                     "config": _config_path(), "snapshot": _snapshot(out.parent), "timestamp": _now()})
     return f"ran ({', '.join(todo)})"
 
 

@@ -163,6 +163,8 @@ def _write_capture(lay, spec, cfg, prompt_set, item, seq, components, replayed_f
                 "max_new_tokens": int(cfg.generation.max_new_tokens),
                 "temperature": float(cfg.generation.temperature), "seed": int(cfg.seed)},
             "raw": raw.relative_to(lay.root).as_posix(),
+            "snapshot": _snapshot(lay.inference_response_path(spec.name, prompt_set.name, pid,
+                                                              replayed_from).parent),
             "capture_date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     }
@@ -280,6 +282,8 @@ def project_file(lay: Layout, variant: str, prompt_set: str, prompt_id, vec: Loa
         "n_response_tokens": len(phases["response"].projections),
         "vector_source": vec.source(lay, centered),
         "raw": raw.relative_to(lay.root).as_posix(),
+        "snapshot": _snapshot(lay.projection_path(variant, vec.choice.trait, prompt_set, prompt_id,
+                                                  replayed_from).parent),
         "projection_date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     out["projections"] = {ph: p.projections for ph, p in phases.items()}
@@ -407,6 +411,13 @@ def run(cfg: DictConfig) -> dict:
                   f"{_fmt(summary[vec.choice.trait][ps.name])} over {len(means)} prompts "
                   f"[{vec.choice.describe()}]")
     return summary
+
+
+def _snapshot(base: Path) -> str | None:
+    """This job's resolved snapshot, relative to ``base`` (the folder of the file citing it)."""
+    from .review.run_record import snapshot_link
+
+    return snapshot_link(base)
 
 
 def _fmt(x: float | None) -> str:

@@ -173,4 +173,8 @@ def load_variant(spec: VariantSpec, device: str = "auto") -> LoadedModel:
         log.warning("variant %s asks for a chat template but the tokenizer has none", spec.name)
     if "device_map" in kwargs:
         dev = next(model.parameters()).device
-    return LoadedModel(spec=spec, model=model, tokenizer=tok, device=dev, chat=chat)
+    lm = LoadedModel(spec=spec, model=model, tokenizer=tok, device=dev, chat=chat)
+    from .review.run_record import note_model
+
+    note_model(lm)  # the job's snapshot records the device, dtype and weights actually used
+    return lm

@@ -340,6 +340,9 @@ class Steerer:
         self.dir = lay.steering_dir(s.trait, spec.name, s.position, s.prompt_set)
         self.store = ResultsStore(lay.results_path(s.trait, spec.name, s.position, s.prompt_set))
         self.composed_config = _composed_config_link(self.dir, cfg)
+        from .review.run_record import snapshot_link
+
+        self.snapshot = snapshot_link(self.dir)  # the resolved config + provenance of this job
         self.model_variant = {"name": spec.name, "model": spec.model, "lora": spec.lora,
                               "revision": spec.revision, "dtype": spec.dtype}
         vspec = variant_spec(cfg, s.vector_variant)
@@ -471,6 +474,7 @@ class Steerer:
                     "vector_source": self.vector_source, "vector_provenance": p.vector_provenance,
                     "generation": self.generation, "judge": self.judge.describe(),
                     "questions": n, "composed_config": self.composed_config,
+                    "snapshot": self.snapshot,
                     "responses": self._write_responses(path, p.key, a, t, c), "timestamp": _now(),
                 })
             self.store.add_runs(records, self.header)
