@@ -35,10 +35,11 @@ from .dashboard_api import Dashboard, NotFound, list_experiments
 from .errors import PipelineError, one_line
 from .layout import DEFAULT_EXPERIMENTS_DIR, LayoutError
 from .positions import PositionError
+from .review.dashboard_views import RunNotFound
 from .steering_summary import DEFAULT_MIN_COHERENCE
 
 STATIC_DIR = Path(__file__).resolve().parent / "dashboard"
-VIEWS = ("extraction", "steering", "dynamics")
+VIEWS = ("extraction", "steering", "dynamics", "runs")
 CHROMIUM = os.environ.get("TRAIT_PIPELINE_CHROMIUM", "/usr/bin/chromium")
 # a '..' segment, an encoded dot/slash/backslash or a NUL anywhere in the raw request path
 _SUSPICIOUS = re.compile(r"(^|/)\.\.(/|$)|%2e|%2f|%5c|%00|\\", re.IGNORECASE)
@@ -79,6 +80,7 @@ def create_app(root: str | Path):
         return handler
 
     app.add_exception_handler(NotFound, error(404))
+    app.add_exception_handler(RunNotFound, error(404))
     app.add_exception_handler(LayoutError, error(400))
     app.add_exception_handler(PositionError, error(400))
     app.add_exception_handler(PipelineError, error(500))  # unreadable data on disk
@@ -100,6 +102,18 @@ def create_app(root: str | Path):
     @app.get("/api/experiments/{experiment}")
     def overview(experiment: str):
         return dash.overview(experiment)
+
+    @app.get("/api/experiments/{experiment}/runs")
+    def runs(experiment: str):
+        return dash.runs(experiment)
+
+    @app.get("/api/experiments/{experiment}/config")
+    def run_config(experiment: str, run: str):
+        return dash.run_config(experiment, run)
+
+    @app.get("/api/experiments/{experiment}/diff")
+    def run_diff(experiment: str, a: str, b: str, all: bool = False):  # noqa: A002 -- the CLI flag's name
+        return dash.run_diff(experiment, a, b, all)
 
     @app.get("/api/experiments/{experiment}/extraction/{variant}")
     def extraction(experiment: str, variant: str):

@@ -41,6 +41,7 @@ from . import snapshot as snapshot_mod
 
 MISSING = object()
 NOISE_KEYS = re.compile(r"(^|\.)(timestamp|run_id|started|ended|created|capture_date|projection_date)$")
+DERIVED_KEYS = re.compile(r"(^|\.)baseline_key$")
 RUN_ID = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}(_[0-9a-f]{4})?(_job\d+)?")
 
 
@@ -126,12 +127,14 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 def _noise(key: str, va: Any, vb: Any, a: Side, b: Side) -> str | None:
     if NOISE_KEYS.search(key):
         return "a timestamp or run id"
+    if DERIVED_KEYS.search(key):
+        return "a key hashed from the settings shown"
     if not (isinstance(va, str) and isinstance(vb, str)):
         return None
     ra, rb = RUN_ID.sub("<run>", va), RUN_ID.sub("<run>", vb)
     if ra == rb:
         return "differs only by the run id"
-    if a.variant and b.variant and a.variant != b.variant:
+    if a.variant and b.variant and a.variant != b.variant and ("/" in va or "\\" in va):
         pat = re.compile(rf"(?<![\w-]){re.escape(a.variant)}(?![\w-])")
         if pat.sub(b.variant, ra) == rb:
             return "a path that only carries the variant"

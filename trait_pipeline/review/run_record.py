@@ -4,6 +4,7 @@ Every job of every stage gets one (the entry points write it, see :mod:`trait_pi
 
     {"schema_version": 1, "status": "running|done|failed|killed", "stage": "steer",
      "experiment": "demo", "model_variant": "rm_lora", "trait": "demo/optimism",
+     "model": "demo:instruct", "lora": "demo:rm_lora",
      "started": "...", "ended": "...", "overrides": ["model_variant=rm_lora", "layer=10"],
      "snapshot": ".hydra/resolved.yaml", "output_dir": ".../steering/...",
      "host": "node1", "pid": 1234, "run_id": "2026-..._ab12",
@@ -49,6 +50,8 @@ class RunRecord:
     model_variant: str | None
     trait: Any
     overrides: list[str]
+    model: str | None = None
+    lora: str | None = None
     started: str = ""
     ended: str | None = None
     snapshot: str | None = None
@@ -207,7 +210,8 @@ def start(run_dir: Path, config: dict, *, stage: str | None, overrides: list[str
     rec = RunRecord(
         status="running", stage=stage, experiment=config.get("experiment"),
         model_variant=(config.get("model_variant") or {}).get("name"), trait=config.get("trait"),
-        overrides=list(overrides), started=now(), snapshot=snap_file.relative_to(run_dir).as_posix(),
+        model=(config.get("model_variant") or {}).get("model"),
+        lora=(config.get("model_variant") or {}).get("lora"), overrides=list(overrides), started=now(), snapshot=snap_file.relative_to(run_dir).as_posix(),
         output_dir=config.get("output_dir"), run_id=run_id, host=socket.gethostname(),
         pid=os.getpid(), sweep_id=sweep_id, job_num=job_num,
         attempt=(previous.attempt or 1) + 1 if previous is not None else None,
