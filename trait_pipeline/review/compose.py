@@ -104,7 +104,10 @@ def resolve(cfg: DictConfig, node: str | None = None) -> tuple[Any, list[str]]:
             key = str(exc).split("full_key:")[-1].split()[0] if "full_key:" in str(exc) else path
             notes.append(f"{path}: cannot resolve {raw}: {key} is not set")
         except OmegaConfBaseException as exc:
-            notes.append(f"{path}: cannot resolve {raw}: {one_line(str(exc).splitlines()[0])}")
+            first = one_line(str(exc).splitlines()[0])
+            if "Missing mandatory value:" in first:
+                first = f"{first.split('Missing mandatory value:')[-1].strip()} is not set"
+            notes.append(f"{path}: cannot resolve {raw}: {first}")
         return raw
 
     def walk(x: Any, path: str) -> Any:

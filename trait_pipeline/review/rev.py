@@ -3,7 +3,9 @@
 A pull request that edits a preset shows YAML lines; a reviewer needs what each job will now
 run with. For each experiment preset that changed between git revision ``REV`` and the
 working tree (every preset when another conf file changed: a stage file, a variant file),
-this composes every stage x variant at both, resolves them, and prints only the differences.
+this composes every stage x variant at both, resolves them, and prints only the differences
+in what the job runs with (the preset's ``variants`` / ``stage_defaults`` tables show through
+their effect: ``model_variant.*``, ``vectors.model_variant``).
 Identical differences are printed once, naming every (stage, variant) they apply to.
 ``(default)`` is the variant a stage picks when none is given (``stage_defaults``).
 
@@ -27,6 +29,9 @@ from .compose import STAGES, compose, hydra_conf, resolve
 from .diff import MISSING, Row, Side, _Paint, compare, format_rows
 
 DEFAULT = "(default)"
+# the preset's own tables: inputs to resolution, shown through their effect (model_variant.*,
+# vectors.model_variant), so one variant's change does not mark every job as changed
+TABLE_KEYS = ("variants.", "stage_defaults.")
 REVIEW_STAGES = ("extract", "steer", "infer")
 
 
@@ -115,7 +120,11 @@ def review(rev: str, filters: list[str], *, stages: str | None = None, conf_dir:
     if bad:
         raise PipelineError(f"unknown stage {bad[0]!r}; expected one of: {', '.join(STAGES)}")
     top = Path(str(_git(conf, "rev-parse", "--show-toplevel")).strip())
-    _git(top, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    try:
+        _git(top, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except PipelineError:
+        raise PipelineError(f"unknown git revision {rev!r} in {top}; expected a commit, "
+                            "branch or tag, e.g. HEAD~1 or main") from None
     rel = conf.relative_to(top.resolve()).as_posix()
     paint = _Paint(color)
     report: dict = {"schema_version": 1, "rev": rev, "conf": str(conf), "files": [], "experiments": {}}
@@ -154,7 +163,8 @@ def review(rev: str, filters: list[str], *, stages: str | None = None, conf_dir:
                             (Side(rev, sub, {}), Side("now", {}, {}))
                     else:
                         sa, sb = Side(rev, a, {}), Side("now", b, {})
-                    rows = compare(sa, sb, show_all=show_all).config
+                    rows = [r for r in compare(sa, sb, show_all=show_all).config
+                            if not r.key.startswith(TABLE_KEYS)]
                     if not rows:
                         unchanged.append(where)
                         continue

@@ -161,7 +161,7 @@ def content_hash(path: str | Path) -> dict:
     return dict(_tree_hash(str(root), stats))
 
 
-def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
+def hub_commit(repo_id: str, revision: str | None = None, cache_dir: str | None = None) -> str | None:
     """The commit a hub id resolves to in the local Hugging Face cache (never the network)."""
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -169,7 +169,7 @@ def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
         return None
     for name in ("config.json", "adapter_config.json"):
         try:
-            found = try_to_load_from_cache(repo_id, name, revision=revision)
+            found = try_to_load_from_cache(repo_id, name, revision=revision, cache_dir=cache_dir)
         except Exception:  # noqa: BLE001 -- a malformed id: nothing to record
             return None
         if isinstance(found, str):
