@@ -85,7 +85,7 @@ def test_no_change_is_exit_0_and_a_stage_file_touches_every_preset(repo, capsys)
     (["--rev", "HEAD", "--stage", "bogus"], "unknown stage"),
 ])
 def test_bad_review_input(repo, capsys, args, words):
-    rc, out, err = run(capsys, *args, "--conf", repo / "conf")
+    rc, _, err = run(capsys, *args, "--conf", repo / "conf")
     assert rc == 2 and err.startswith("error: ") and words in err and err.count("\n") == 1
 
 

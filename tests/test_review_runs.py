@@ -56,13 +56,13 @@ def test_killed_lost_and_empty_runs_are_marked_and_not_data(tree, capsys):
     empty = lora.parent / "2026-01-01_00-00-00_0000"  # a folder a failed start left behind
     (empty / ".hydra").mkdir(parents=True)
     (empty / ".hydra" / "config.yaml").write_text("stage: steer\n")
-    rc, out, _ = runs(capsys, tree, "stage=steer")
+    rc, out, _ = runs(capsys, tree)
     assert rc == 0
     lines = out.splitlines()
     assert any("killed (SIGTERM)" in line for line in lines)
     assert any(" lost " in line for line in lines)
     assert any("no record" in line for line in lines)
-    assert lines[-1].startswith("3 runs: 0 with a result (data)")
+    assert lines[-1].startswith("4 runs: 1 with a result (data)")
     rc, out, _ = runs(capsys, tree, "--json")
     data = json.loads(out)
     assert data["n_data"] == 1  # only the extraction
@@ -75,7 +75,7 @@ def test_killed_lost_and_empty_runs_are_marked_and_not_data(tree, capsys):
 def test_a_rerun_that_measured_nothing_is_done_but_not_data(tree, capsys):
     inst, _ = _steer_runs(tree)
     run_record.mark(inst, result=None)
-    rc, out, _ = runs(capsys, tree, "variant=instruct")
+    _, out, _ = runs(capsys, tree, "variant=instruct")
     assert "done, no result" in out and out.splitlines()[-1].startswith("1 runs: 0 with a result")
 
 
@@ -98,7 +98,7 @@ def test_filters_since_and_a_sweep_folder(tree, review_runs, capsys):
     (["/no/such/folder"], "no such folder"),
 ])
 def test_bad_input(capsys, args, words):
-    rc, out, err = runs(capsys, *args)
+    rc, _, err = runs(capsys, *args)
     assert rc == 2 and err.startswith("error: ") and words in err and err.count("\n") == 1
 
 

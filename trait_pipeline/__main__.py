@@ -51,8 +51,8 @@ def usage() -> str:
         "commands:",
         *(f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()),
         "",
-        "`trait-pipeline <command> --help` describes a command; "
-        "`python -m trait_pipeline.<module>` runs the same thing.",
+        ("`trait-pipeline <command> --help` describes a command; "
+         "`python -m trait_pipeline.<module>` runs the same thing."),
     ]
     return "\n".join(lines)
 

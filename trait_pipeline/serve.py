@@ -112,7 +112,7 @@ def create_app(root: str | Path):
         return dash.run_config(experiment, run)
 
     @app.get("/api/experiments/{experiment}/diff")
-    def run_diff(experiment: str, a: str, b: str, all: bool = False):  # noqa: A002 -- the CLI flag's name
+    def run_diff(experiment: str, a: str, b: str, all: bool = False):
         return dash.run_diff(experiment, a, b, all)
 
     @app.get("/api/experiments/{experiment}/extraction/{variant}")

@@ -379,6 +379,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_VALUE_OPTS = ("--color", "--colour", "--stage", "--conf", "--rev")
+
+
 class _Usage(Exception):
     pass
 
@@ -398,7 +401,22 @@ def main(argv: list[str] | None = None) -> int:
         if "--" in groups[1]:
             print("error: more than two `--` groups; diff compares two compositions", file=sys.stderr)
             return 2
-        argv = head
+        # options typed after the compositions (overrides never start with "-")
+        moved: list[str] = []
+        for g in groups:
+            keep, k = [], 0
+            while k < len(g):
+                if g[k] in _VALUE_OPTS and k + 1 < len(g):
+                    moved += g[k:k + 2]
+                    k += 2
+                    continue
+                if g[k].startswith("-"):
+                    moved.append(g[k])
+                else:
+                    keep.append(g[k])
+                k += 1
+            g[:] = keep
+        argv = head + moved
     parser = _parser()
     parser.error = lambda msg: (_ for _ in ()).throw(_Usage(msg))  # one line, exit 2
     try:
