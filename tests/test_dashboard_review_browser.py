@@ -51,7 +51,7 @@ def test_two_runs_diff_and_a_runs_config(page):
     config = page.text_content("#runs-config")  # the run picked last (B)
     assert "lora: demo:rm_lora" in config and "provenance:" in config and "${" not in config
     # a click on the extraction row shows its config instead
-    page.locator('#runs-table tr[data-run*="/extraction/"] td').nth(4).click()
+    page.locator('#runs-table tr[data-run^="extraction/"] td').nth(4).click()
     settle(page)
     assert "stage: extract" in page.text_content("#runs-config")
 
