@@ -84,7 +84,8 @@ def find_runs(path: Path) -> list[RunInfo]:
     """Every run folder under ``path`` (a run folder itself, a sweep folder, or any tree)."""
     path = Path(path)
     if not path.exists():
-        raise PipelineError(f"no such folder {path}")
+        raise PipelineError(f"no such folder {path}: expected an experiments folder, an experiment, "
+                            "a sweep folder or a run folder (no run has written there yet?)")
     if run_record.record_path(path).is_file() or (path / ".hydra").is_dir():
         return [RunInfo(path, run_record.read(path))]
     if (path / "jobs").is_dir() and (path / "multirun.yaml").is_file() or (path / "sweep.json").is_file():
