@@ -150,9 +150,10 @@ def show_cfg(stage: str, argv: list[str]) -> int:
 
     import yaml
 
-    from ..cli import _overrides
+    from ..cli import _overrides, check_config_dirs
     from ..config import validate
 
+    check_config_dirs()
     kind = _flag_value(argv, ("--cfg", "-c")) or "job"
     if kind not in ("job", "hydra", "all"):
         raise PipelineError(f"bad --cfg {kind!r}; expected job, hydra or all")
@@ -193,6 +194,9 @@ def show_cfg(stage: str, argv: list[str]) -> int:
 
 def check_composes(stage: str, overrides: list[str]) -> None:
     """Raise a one-line PipelineError when ``overrides`` name something that does not exist."""
+    from ..cli import check_config_dirs
+
+    check_config_dirs()
     ov, _ = first_of_sweeps([o for o in overrides if not o.startswith(("hydra.", "hydra/"))])
     with hydra_conf():
         compose(stage, ov)

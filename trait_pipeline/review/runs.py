@@ -201,9 +201,9 @@ def summary(infos: list[RunInfo]) -> str:
 
 
 def default_root() -> Path:
-    from ..layout import DEFAULT_EXPERIMENTS_DIR
+    from ..layout import default_experiments_dir
 
-    return Path(os.environ.get("TRAIT_PIPELINE_EXPERIMENTS") or DEFAULT_EXPERIMENTS_DIR)
+    return default_experiments_dir()
 
 
 def main(argv: list[str] | None = None) -> int:
