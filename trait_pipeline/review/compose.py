@@ -35,13 +35,31 @@ def hydra_conf(conf_dir: Path | None = None) -> Iterator[None]:
     from .. import resolvers
     from ..layout import CONF_DIR
 
+    global _OTHER_CONF
     resolvers.register()
     GlobalHydra.instance().clear()
+    conf = Path(conf_dir or CONF_DIR).resolve()
+    _OTHER_CONF = conf != CONF_DIR.resolve()
     try:
-        with initialize_config_dir(config_dir=str(Path(conf_dir or CONF_DIR).resolve()), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             yield
     finally:
+        _OTHER_CONF = False
         GlobalHydra.instance().clear()
+
+
+_OTHER_CONF = False  # composing from a conf dir other than the shipped one (diff --rev)
+
+
+def _variant_source() -> list[str]:
+    """The override that lets another conf dir answer ``model_variant=<name>`` from the
+    experiment's ``variants`` table, as the shipped one does (our search-path plugin only
+    extends the shipped conf dir's search path)."""
+    try:
+        from hydra_plugins.trait_pipeline_config import VARIANT_SCHEME
+    except ImportError:
+        return []
+    return [f"hydra.searchpath=[{VARIANT_SCHEME}://]"]
 
 
 def first_of_sweeps(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -73,8 +91,9 @@ def compose(stage: str, overrides: list[str], *, with_hydra: bool = False) -> Di
 
     if stage not in STAGES:
         raise PipelineError(f"unknown stage {stage!r}; expected one of: {', '.join(STAGES)}")
+    extra = _variant_source() if _OTHER_CONF else []
     try:
-        cfg = hydra_compose(config_name=stage, overrides=list(overrides), return_hydra_config=with_hydra)
+        cfg = hydra_compose(config_name=stage, overrides=[*overrides, *extra], return_hydra_config=with_hydra)
     except HydraException as exc:
         raise PipelineError(_missing_option_message(exc)) from None
     if with_hydra:
