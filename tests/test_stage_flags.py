@@ -59,7 +59,7 @@ def test_cfg_job_is_resolved_and_unset_values_print_as_missing():
 
 def test_bad_names_with_the_flags_are_one_line():
     for args in (["--cfg", "job", "experiment=nope"], ["--info", "experiment=nope"],
-                 ["--help", "model_variant=nope"], ["--cfg", "all", "experiment=gemma-2-2b",
+                 ["--help", "experiment=nope"], ["--cfg", "all", "experiment=gemma-2-2b",
                                                     "model_variant=rm_lora"]):
         out = run("steer", args)
         assert out.returncode == 2, (args, out.stderr)
