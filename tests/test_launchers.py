@@ -29,8 +29,8 @@ STATUS = [sys.executable, "-m", "trait_pipeline.sweep_status"]
 TRAIT = "demo/optimism"
 # tiny steering: 1 question, 4 new tokens, one explicit coefficient, vectors at all[:]
 STEER_TINY = ["questions=1", "coef=4", "generation.max_new_tokens=4", "position=all[:]", "device=cpu"]
-SLURM_TINY = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.poll_s=0.5",
-              "hydra.launcher.timeout_min=20"]
+# the slurm profile as it ships (cpus_per_task/mem_gb null: the cluster's defaults), polled faster
+SLURM_TINY = ["hydra/launcher=slurm", "hydra.launcher.poll_s=0.5"]
 
 
 def _slurm_up() -> str | None:
@@ -112,8 +112,8 @@ def test_local_sweep_names_failed_job_and_logs_traceback(tmp_path):
             tmp_path, timeout=120)
     assert p.returncode == 1, p.stderr
     assert "2 of 4 jobs of the sweep did not finish" in p.stderr
-    assert "#1 model_variant=instruct layer=99: failed: layer 99 is out of range" in p.stderr
-    assert "#3 model_variant=rm_lora layer=99: failed" in p.stderr
+    assert "#1 model_variant=instruct layer=99: failed: ValueError: layer 99 is out of range" in p.stderr
+    assert "#3 model_variant=rm_lora layer=99: failed: ValueError" in p.stderr
     sweep = the_sweep(tmp_path)
     assert {"multirun.yaml", "sweep.json", "jobs"} <= {q.name for q in sweep.iterdir()}
     states = {s.num: s for s in job_states(sweep)}
@@ -161,8 +161,8 @@ def test_bad_launcher_setting_is_one_line_error(tmp_path):
 def test_slurm_failed_job_exits_nonzero_names_it_and_logs_traceback(tmp_path):
     p = run([*ECHO, "-m", *SLURM_TINY, "model_variant=instruct,rm_lora", "layer=10,99"], tmp_path, 300)
     assert p.returncode == 1, p.stdout + p.stderr
-    assert "#1 model_variant=instruct layer=99: failed: layer 99 is out of range" in p.stderr
-    assert "#3 model_variant=rm_lora layer=99: failed" in p.stderr
+    assert "#1 model_variant=instruct layer=99: failed: ValueError: layer 99 is out of range" in p.stderr
+    assert "#3 model_variant=rm_lora layer=99: failed: ValueError" in p.stderr
     sweep = the_sweep(tmp_path)
     manifest = read_manifest(sweep)
     ids = [j.scheduler_ids[-1] for j in manifest.jobs]
@@ -212,7 +212,7 @@ def test_cancelled_sweep_resubmitted_does_not_redo_finished_runs(vectors_src, tm
     cmd = ["-m", "model_variant=instruct,rm_lora", "layer=10,20", *STEER_TINY, *SLURM_TINY,
            "hydra.launcher.wait=false", "hydra.launcher.array_parallelism=1"]
     p = run([*STEER, *cmd], exp, timeout=120)
-    assert p.returncode == 0 and "sweep_status" in p.stdout, p.stdout + p.stderr
+    assert p.returncode == 0 and "trait-pipeline status" in p.stdout, p.stdout + p.stderr
     sweep = the_sweep(exp)
     array = read_manifest(sweep).jobs[0].scheduler_ids[0].split("_")[0]
     deadline = time.time() + 400
@@ -240,34 +240,6 @@ def test_cancelled_sweep_resubmitted_does_not_redo_finished_runs(vectors_src, tm
     assert sorted(again) == [10, 20] and sorted(runs_by_layer(results(exp, "rm_lora"))) == [10, 20]
 
 
-@needs_slurm
-@pytest.mark.slurm
-@pytest.mark.slow  # SLURM holds a requeued job ~2 minutes before it may start again
-def test_requeued_job_reruns_and_the_sweep_still_finishes(tmp_path):
-    """SLURM requeues a running job (as on preemption): the job runs again, the sweep exits 0."""
-    cmd = [*ECHO, "-m", *SLURM_TINY, "+sleep_s=6", "layer=10"]
-    env = {**os.environ, "TRAIT_PIPELINE_EXPERIMENTS": str(tmp_path)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            sweeps = tmp_path / "demo" / "sweeps" / "steer"
-            found = list(sweeps.glob("*/sweep.json")) if sweeps.is_dir() else []
-            states = job_states(found[0].parent) if found else []
-            if states and states[0].state == "running" and states[0].attempts == 1:
-                break
-            time.sleep(0.3)
-        else:
-            pytest.fail(f"job never ran: {states}")
-        subprocess.run(["scontrol", "requeue", states[0].scheduler_id], check=True)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, out + err
-    (state,) = job_states(the_sweep(tmp_path))
-    assert state.state == "done" and state.attempts == 2
-
-
 def test_site_file_merges_over_the_slurm_profile(tmp_path):
     """conf/hydra/launcher/site/slurm.yaml (git-ignored) sets a user's cluster; found on the search path."""
     from hydra import compose, initialize_config_dir
@@ -278,7 +250,8 @@ def test_site_file_merges_over_the_slurm_profile(tmp_path):
 
     site = tmp_path / "hydra" / "launcher" / "site"
     site.mkdir(parents=True)
-    (site / "slurm.yaml").write_text("partition: gpu\naccount: my-lab\nsetup: ['module load cuda']\n")
+    (site / "slurm.yaml").write_text("partition: gpu\naccount: my-lab\ngpus_per_node: 1\n"
+                                    "setup: ['module load cuda']\n")
     resolvers.register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -287,7 +260,9 @@ def test_site_file_merges_over_the_slurm_profile(tmp_path):
                        return_hydra_config=True)
         default = compose("steer", return_hydra_config=True)
     GlobalHydra.instance().clear()
-    assert plain.hydra.launcher.partition is None and plain.hydra.launcher.cpus_per_task == 4
+    # the profile asks for nothing a cluster may lack: null means the cluster's default
+    assert plain.hydra.launcher.partition is None and plain.hydra.launcher.cpus_per_task is None
+    assert plain.hydra.launcher.mem_gb is None and plain.hydra.launcher.gpus_per_node is None
     assert (mine.hydra.launcher.partition, mine.hydra.launcher.account) == ("gpu", "my-lab")
-    assert list(mine.hydra.launcher.setup) == ["module load cuda"] and mine.hydra.launcher.cpus_per_task == 4
+    assert list(mine.hydra.launcher.setup) == ["module load cuda"] and mine.hydra.launcher.gpus_per_node == 1
     assert default.hydra.launcher._target_.endswith("LocalLauncher")  # -m runs locally by default

@@ -299,7 +299,7 @@ class SlurmLauncher(_SweepLauncher):
             write_manifest(sweep_dir, previous)
             return
         shutil.rmtree(sweep_dir, ignore_errors=True)
-        for parent in list(sweep_dir.parents)[:2]:  # sweeps/{stage}/ and sweeps/, if this made them
+        for parent in list(sweep_dir.parents)[:3]:  # sweeps/{stage}/, sweeps/, {experiment}/ if empty
             try:
                 parent.rmdir()
             except OSError:
@@ -364,9 +364,9 @@ _SBATCH_HINTS = (
                          "may have no such GPUs")),
     ("gres", "check hydra.launcher.gpus_per_node / hydra.launcher.gres"),
     ("feature", "check hydra.launcher.constraint"),
+    ("Memory", "check hydra.launcher.mem_gb: no node has that much"),
     ("node configuration", ("no node offers that much: hydra.launcher.cpus_per_task, mem_gb, "
                            "gpus_per_node or nodes")),
-    ("Memory", "check hydra.launcher.mem_gb"),
     ("time limit", "check hydra.launcher.timeout_min"),
     ("array", "the sweep has more jobs than the cluster's MaxArraySize: split it"),
     ("limit", "over a limit of your account/QOS: submit fewer jobs, or change hydra.launcher.qos/account"),
