@@ -134,6 +134,20 @@ def test_local_sweep_names_failed_job_and_logs_traceback(tmp_path):
     assert st.returncode == 1 and "4 jobs: 2 done, 2 failed" in st.stdout, st.stdout + st.stderr
 
 
+def test_resubmit_with_a_launcher_override_is_recorded(tmp_path):
+    p = run([*ECHO, "-m", "hydra/launcher=local", "layer=10,99"], tmp_path, timeout=120)
+    assert p.returncode == 1
+    sweep = the_sweep(tmp_path)
+    bad = run([*STATUS, str(sweep), "--resubmit", "layer=5"], tmp_path, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: cannot resubmit with 'layer=5'")
+    assert read_manifest(sweep).resubmissions == []  # a refused resubmission changes nothing
+    st = run([*STATUS, str(sweep), "--resubmit", "hydra.launcher.n_jobs=2"], tmp_path, timeout=120)
+    assert st.returncode == 1 and "1 of 1 jobs of the sweep did not finish" in st.stderr  # layer 99 still fails
+    manifest = read_manifest(sweep)
+    assert manifest.launcher_params["n_jobs"] == 2
+    assert [(r["jobs"], r["overrides"]) for r in manifest.resubmissions] == [([1], ["hydra.launcher.n_jobs=2"])]
+
+
 def test_local_parallel_jobs(tmp_path):
     p = run([*ECHO, "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "+sleep_s=1",
              "model_variant=instruct,rm_lora"], tmp_path, timeout=120)
@@ -153,6 +167,27 @@ def test_bad_launcher_setting_is_one_line_error(tmp_path):
     assert "unknown setting hydra.launcher.partion for the slurm launcher" in p.stderr
     st = run([*STATUS, str(tmp_path / "nope")], tmp_path, timeout=60)
     assert st.returncode == 2 and st.stderr.startswith("error: no sweep at")
+
+
+@pytest.mark.parametrize("said,hint", [
+    ("sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
+     "is slurmctld running"),
+    ("sbatch: error: invalid partition specified: gpu\nsbatch: error: Batch job submission failed: "
+     "Invalid partition name specified", "hydra.launcher.partition"),
+    ("sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified",
+     "hydra.launcher.account"),
+    ("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's "
+     "size and/or time limits)", "submit fewer jobs"),
+    ("sbatch: error: Invalid generic resource (gres) specification", "hydra.launcher.gpus_per_node"),
+    ("sbatch: error: Batch job submission failed: Invalid feature specification", "hydra.launcher.constraint"),
+    ("sbatch: unrecognized option '--bogus=1'", "additional_parameters"),
+])
+def test_sbatch_refusals_keep_sbatchs_words_and_name_the_setting(said, hint):
+    from hydra_plugins.trait_pipeline_launchers.launchers import _sbatch_refusal
+
+    msg = str(_sbatch_refusal(said))
+    assert "\n" not in msg and msg.startswith("sbatch refused the sweep: " + said.splitlines()[0])
+    assert hint in msg and msg.endswith("nothing was submitted")
 
 
 # --- SLURM ------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_every_node_drained_is_never(tmp_path):
      "hydra.launcher.mem_gb"),
 ])
 def test_sbatch_refusal_is_one_line_and_leaves_nothing(tmp_path, overrides, said, hint):
-    p, took = run([*ECHO, *overrides, "layer=10"], tmp_path, timeout=60)
+    p, _ = run([*ECHO, *overrides, "layer=10"], tmp_path, timeout=60)
     assert p.returncode == 2, p.stdout + p.stderr
     (line,) = error_lines(p.stderr)
     assert line.startswith("error: sbatch refused the sweep: ") and said in line and hint in line, line
@@ -279,3 +279,26 @@ def test_requeued_job_shows_pending_with_reason_and_attempt_2_and_its_killed_fol
         assert Path(folder).name.endswith(f"_sweep-{sweep.name}_job0")
     rerun = Path(final.output_dir) / "run.json"
     assert not rerun.is_file() or json.loads(rerun.read_text())["status"] != "killed"
+
+
+# --- the documented command, as written ------------------------------------------------------------
+@pytest.mark.slow  # four real steering jobs with the stage's default settings (~1-2 min on 2 cores)
+def test_the_documented_sweep_runs_with_the_profiles_defaults(extracted):
+    """docs/launchers.md's command, exactly: no hydra.launcher override (the profile's
+    cpus_per_task/mem_gb null fit the 2-CPU node); the stage's own defaults too."""
+    cmd = [sys.executable, "-m", "trait_pipeline.steer", "-m", "hydra/launcher=slurm",
+           "model_variant=instruct,rm_lora", "layer=10,20"]
+    assert " ".join(cmd[1:]) in (ROOT / "docs" / "launchers.md").read_text().replace("python", sys.executable)
+    p, took = run(cmd, extracted, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    (sweep,) = sweeps_of(extracted)
+    manifest = read_manifest(sweep)
+    assert manifest.launcher_params["cpus_per_task"] is None and manifest.launcher_params["mem_gb"] is None
+    assert [s.state for s in job_states(sweep)] == ["done"] * 4
+    assert len({j.scheduler_ids[-1].split("_")[0] for j in manifest.jobs}) == 1  # one array
+    for variant in ("instruct", "rm_lora"):
+        res = json.loads((extracted / "demo" / "steering" / "demo" / "optimism" / variant / "response__5"
+                          / "steering" / "results.json").read_text())
+        layers = sorted({v["layer"] for r in res["runs"] for v in r["config"]["vectors"]})
+        assert layers == [10, 20], layers
+    print(f"documented sweep: {took:.0f} s")

@@ -208,3 +208,6 @@ if __name__ == "__main__":
         sys.exit(main())
     except BrokenPipeError:  # `| head`
         sys.exit(0)
+    except KeyboardInterrupt:  # Ctrl-C outside a --wait (which says more itself)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -31,6 +31,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from trait_pipeline.errors import PipelineError
+
 from .job import JobFailed, SweepJob
 
 log = logging.getLogger(__name__)
@@ -309,17 +311,17 @@ class SlurmLauncher(_SweepLauncher):
 STATUS_CMD = "trait-pipeline status"
 
 
-class SubmitRefused(RuntimeError):
+class SubmitRefused(PipelineError):
     """sbatch refused the array; the message is sbatch's own, plus the setting to look at."""
 
 
 def _exit_on_error(fn: Any) -> Any:
     """Run ``fn``; a user-facing error becomes one ``error:`` line and exit 2."""
-    from trait_pipeline.errors import PipelineError, one_line
+    from trait_pipeline.errors import one_line
 
     try:
         return fn()
-    except (PipelineError, SubmitRefused) as exc:
+    except PipelineError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 
@@ -357,9 +359,10 @@ def slurm_executor(params: SlurmParams, sweep_dir: Path, stage: str) -> Any:
 _SBATCH_HINTS = (
     ("Unable to contact slurm controller", ("is slurmctld running and reachable? (the project's one-node "
                                            "cluster: bash launchers/slurm/up.sh, as root)")),
+    ("policy", "over a limit of your account/QOS: submit fewer jobs, or change hydra.launcher.qos/account"),
+    ("Invalid account", "check hydra.launcher.account (sacctmgr show assoc user=$USER)"),
     ("partition", "check hydra.launcher.partition (sinfo lists the partitions)"),
-    ("account", "check hydra.launcher.account (sacctmgr show assoc user=$USER)"),
-    ("qos", "check hydra.launcher.qos"),
+    ("Invalid qos", "check hydra.launcher.qos"),
     ("generic resource", ("check hydra.launcher.gpus_per_node / hydra.launcher.gres: the partition "
                          "may have no such GPUs")),
     ("gres", "check hydra.launcher.gpus_per_node / hydra.launcher.gres"),
@@ -370,7 +373,6 @@ _SBATCH_HINTS = (
     ("time limit", "check hydra.launcher.timeout_min"),
     ("array", "the sweep has more jobs than the cluster's MaxArraySize: split it"),
     ("limit", "over a limit of your account/QOS: submit fewer jobs, or change hydra.launcher.qos/account"),
-    ("policy", "over a limit of your account/QOS: submit fewer jobs, or change hydra.launcher.qos/account"),
     ("option", "check hydra.launcher.additional_parameters / srun_args"),
 )
 
@@ -447,7 +449,7 @@ def _status_line(states: list[Any]) -> str:
     return text
 
 
-def _never_verdict(states: list[Any]) -> Any:
+def _never_verdict(states: list[Any], partition: str | None = None) -> Any:
     """The first "never" verdict among the pending jobs' reasons, or None."""
     import getpass
     import subprocess
@@ -463,7 +465,7 @@ def _never_verdict(states: list[Any]) -> Any:
                                  check=False, capture_output=True, text=True, timeout=30)
             ctx["user_has_running"] = out.returncode != 0 or bool(out.stdout.strip())
         if reason == "ReqNodeNotAvail":
-            ctx["all_nodes_unavailable"] = _all_nodes_unavailable()
+            ctx["all_nodes_unavailable"] = _all_nodes_unavailable(partition)
         verdict = classify(reason, **ctx)
         if verdict.never:
             return verdict
@@ -471,7 +473,6 @@ def _never_verdict(states: list[Any]) -> Any:
 
 
 def _all_nodes_unavailable(partition: str | None = None) -> bool:
-    from trait_pipeline.errors import PipelineError
     from trait_pipeline.launch.slurm_cluster import partitions, pick_partition
 
     try:
@@ -485,7 +486,6 @@ def _give_up(sweep_dir: Path, states: list[Any], verdict: Any, params: SlurmPara
     """SLURM will never start the pending jobs: cancel them, say why and what to change, exit 2."""
     import subprocess
 
-    from trait_pipeline.errors import PipelineError
     from trait_pipeline.launch.slurm_cluster import (
         SITE_FILE,
         partitions,
@@ -574,7 +574,7 @@ def wait_slurm(sweep_dir: Path, nums: list[int], jobs: list[Any], params: SlurmP
                 bar.update(finished - bar.n)
                 if finished == len(states):
                     break
-                verdict = _never_verdict(states)
+                verdict = _never_verdict(states, params.partition)
                 if verdict is not None and suspect == verdict.reason:  # seen twice: not a blip
                     _give_up(sweep_dir, states, verdict, params)
                 suspect = verdict.reason if verdict is not None else None
