@@ -172,12 +172,12 @@ def test_bad_launcher_setting_is_one_line_error(tmp_path):
 @pytest.mark.parametrize("said,hint", [
     ("sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
      "is slurmctld running"),
-    ("sbatch: error: invalid partition specified: gpu\nsbatch: error: Batch job submission failed: "
-     "Invalid partition name specified", "hydra.launcher.partition"),
+    (("sbatch: error: invalid partition specified: gpu\nsbatch: error: Batch job submission failed: "
+     "Invalid partition name specified"), "hydra.launcher.partition"),
     ("sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified",
      "hydra.launcher.account"),
-    ("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's "
-     "size and/or time limits)", "submit fewer jobs"),
+    (("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's "
+     "size and/or time limits)"), "submit fewer jobs"),
     ("sbatch: error: Invalid generic resource (gres) specification", "hydra.launcher.gpus_per_node"),
     ("sbatch: error: Batch job submission failed: Invalid feature specification", "hydra.launcher.constraint"),
     ("sbatch: unrecognized option '--bogus=1'", "additional_parameters"),
@@ -188,6 +188,30 @@ def test_sbatch_refusals_keep_sbatchs_words_and_name_the_setting(said, hint):
     msg = str(_sbatch_refusal(said))
     assert "\n" not in msg and msg.startswith("sbatch refused the sweep: " + said.splitlines()[0])
     assert hint in msg and msg.endswith("nothing was submitted")
+
+
+def test_a_slurm_job_uses_the_gpus_slurm_gave_it(monkeypatch):
+    from hydra_plugins.trait_pipeline_launchers.job import slurm_gpus
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SLURM_STEP_GPUS", raising=False)
+    monkeypatch.delenv("SLURM_JOB_GPUS", raising=False)
+    assert slurm_gpus() is None  # no GPU given, none made up
+    monkeypatch.setenv("SLURM_JOB_GPUS", "2,3")  # a site whose setup left CUDA_VISIBLE_DEVICES unset
+    assert slurm_gpus() == "2,3" and os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # SLURM's gres plugin set it: that wins
+    assert slurm_gpus() == "0,1"
+
+
+def test_failure_lines_keep_the_exception_type():
+    from hydra_plugins.trait_pipeline_launchers.job import JobFailed, describe
+    from trait_pipeline.errors import PipelineError
+
+    assert describe(AssertionError("Torch not compiled with CUDA enabled")) == \
+        "AssertionError: Torch not compiled with CUDA enabled"
+    assert describe(KeyError("layer")) == "KeyError: 'layer'" and describe(RuntimeError()) == "RuntimeError"
+    assert describe(PipelineError("unknown method 'x'")) == "unknown method 'x'"  # user errors: their line
+    assert describe(JobFailed("exit status 2")) == "exit status 2"
 
 
 # --- SLURM ------------------------------------------------------------------------------------

@@ -300,10 +300,16 @@ class SlurmLauncher(_SweepLauncher):
         if previous is not None:  # an earlier batch of this sweep was submitted: keep it
             write_manifest(sweep_dir, previous)
             return
-        shutil.rmtree(sweep_dir, ignore_errors=True)
-        for parent in list(sweep_dir.parents)[:3]:  # sweeps/{stage}/, sweeps/, {experiment}/ if empty
+        # only what Hydra and this launch wrote: hydra.sweep.dir may point at a folder of the user's
+        for name in ("multirun.yaml", "sweep.json", LAUNCH_FILE, "jobs", ".submitit"):
+            path = sweep_dir / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        for folder in [sweep_dir, *list(sweep_dir.parents)[:3]]:  # and sweeps/{stage}/ ... if now empty
             try:
-                parent.rmdir()
+                folder.rmdir()
             except OSError:
                 break
 

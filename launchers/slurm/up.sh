@@ -29,7 +29,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # the slurm.conf this machine gets -------------------------------------------------------------
-cpus="$(nproc)"
+cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"   # nproc alone obeys OMP_NUM_THREADS
 mem_total_mb="$(free -m | awk '/^Mem:/ {print $2}')"
 real_mem_mb=$(( mem_total_mb > HEADROOM_MB * 2 ? mem_total_mb - HEADROOM_MB : mem_total_mb / 2 ))
 conf_text="# Written by launchers/slurm/up.sh for this machine; rerun it rather than editing by hand.
