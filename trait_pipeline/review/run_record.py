@@ -176,6 +176,11 @@ class ActiveRun:
             return str(snap)
 
     def finish(self, status: str, **info: Any) -> None:
+        disk = read(self.run_dir)
+        if disk is not None and disk.status == "killed" and status != "done":
+            return  # the launcher marked this attempt killed (a signal): that is what happened
+        if disk is not None:
+            self.record.extra.update(disk.extra)  # keys another writer added meanwhile
         self.record.status = status
         self.record.ended = now()
         for k, v in info.items():
