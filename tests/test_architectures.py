@@ -237,6 +237,7 @@ def test_prompt_formatting_follows_the_family(arch, loaded):
     # use_chat_template: false -> the text itself, one BOS where the family adds one, never two
     assert not raw.chat and raw.format_prompt("how is it going ?") == "how is it going ?"
     ids = raw.encode(["how is it going ?"])[0]
+    assert tok.decode(ids, skip_special_tokens=True).strip() == "how is it going ?"
     if spec.bos and spec.adds_bos:
         assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
         again = raw.encode([spec.bos + " how is it going ?"])[0]

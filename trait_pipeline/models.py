@@ -134,6 +134,10 @@ class LoadedModel:
         """Token ids with exactly one BOS: chat templates write their own, raw text gets one."""
         tok = self.tokenizer
         ids = [tok(t, add_special_tokens=not self.chat)["input_ids"] for t in texts]
+        for t, row in zip(texts, ids):
+            if t.strip() and not row:  # e.g. a tokenizer class that cannot read the files
+                raise PipelineError(f"the tokenizer of {self.spec.model!r} ({type(tok).__name__}) "
+                                    f"encodes {t[:40]!r} to no tokens; expected at least one")
         bos = tok.bos_token_id
         if bos is not None:
             if not self.chat:

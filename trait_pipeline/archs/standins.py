@@ -22,7 +22,7 @@ from typing import Any
 
 from filelock import FileLock
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, LAYERS = 32, 4, 2, 8, 3
 
 # Chat formats of each family, written for the stand-ins (same markers and turn structure as
@@ -64,6 +64,7 @@ class Standin:
     chat_template: str | None = None  # None: a base model without one
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     adds_bos: bool = True  # the tokenizer puts BOS before raw text
+    byte_level: bool = False  # a byte-level BPE (transformers rebuilds Qwen2's as one on load)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,9 +78,9 @@ STANDINS: dict[str, Standin] = {
     "mistral": Standin("MistralConfig", {**_DECODER, "sliding_window": None}, "<s>", "</s>",
                        ("[INST]", "[/INST]"), _MISTRAL),
     "qwen2": Standin("Qwen2Config", _DECODER, None, "<|im_end|>",
-                     ("<|im_start|>", "<|endoftext|>"), _CHATML, adds_bos=False),
+                     ("<|im_start|>", "<|endoftext|>"), _CHATML, adds_bos=False, byte_level=True),
     "qwen3": Standin("Qwen3Config", {**_DECODER, "head_dim": HEAD_DIM}, None, "<|im_end|>",
-                     ("<|im_start|>", "<|endoftext|>"), _CHATML, adds_bos=False),
+                     ("<|im_start|>", "<|endoftext|>"), _CHATML, adds_bos=False, byte_level=True),
     "gemma2": Standin("Gemma2Config", {**_DECODER, "head_dim": HEAD_DIM, "sliding_window": 16,
                                        "final_logit_softcapping": 30.0,
                                        "attn_logit_softcapping": 50.0},
@@ -104,7 +105,7 @@ STANDINS: dict[str, Standin] = {
                                             "num_experts_per_tok": 2, "moe_intermediate_size": 16,
                                             "decoder_sparse_step": 1},
                          None, "<|im_end|>", ("<|im_start|>", "<|endoftext|>"), _CHATML,
-                         adds_bos=False),
+                         adds_bos=False, byte_level=True),
 }
 
 
@@ -119,16 +120,28 @@ def build_tokenizer(spec: Standin):
     specials = ["<pad>", "<unk>"] + [t for t in (spec.bos, spec.eos, *spec.markers) if t]
     specials = list(dict.fromkeys(specials))
     words = list(dict.fromkeys([*VOCABULARY, "user", "assistant", "model", "system", "inst"]))
-    vocab = {t: i for i, t in enumerate(specials)}
-    for w in words:
-        vocab[METASPACE + w] = len(vocab)
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.normalizer = normalizers.Sequence(
-        [normalizers.Lowercase()]
-        + [normalizers.Replace(p, " " + p) for p in (".", ",", "?", "!")]
-        + [normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(left=False, right=True)])
-    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always")
-    tk.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always")
+    if spec.byte_level:  # trained here in milliseconds on the demo vocabulary
+        from tokenizers import trainers
+
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=specials, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        corpus = [" ".join(words)] * 3 + [f"{w} {w} ." for w in words]
+        tk.train_from_iterator(corpus, trainer)
+        vocab = tk.get_vocab()
+    else:
+        vocab = {t: i for i, t in enumerate(specials)}
+        for w in words:
+            vocab[METASPACE + w] = len(vocab)
+        tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+        tk.normalizer = normalizers.Sequence(
+            [normalizers.Lowercase()]
+            + [normalizers.Replace(p, " " + p) for p in (".", ",", "?", "!")]
+            + [normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(left=False, right=True)])
+        tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always")
+        tk.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always")
     tk.add_special_tokens(specials)
     if spec.bos and spec.adds_bos:
         tk.post_processor = TemplateProcessing(
