@@ -45,6 +45,7 @@ EXPECTED = {
                                      "attn_contribution": "attention.dense",
                                      "mlp_contribution": "mlp.dense_4h_to_h"}),
     "qwen3_moe": ("model.layers", {**_LLAMA, "mlp_out": "mlp", "mlp_contribution": "mlp"}),
+    "mixtral": ("model.layers", {**_LLAMA, "mlp_out": "mlp", "mlp_contribution": "mlp"}),
 }
 
 
@@ -83,7 +84,7 @@ def _resolve(root, path):
 def test_matrix_covers_the_families_the_issue_names():
     assert set(EXPECTED) == set(STANDINS)
     for name in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "olmo2",
-                 "gpt2", "gpt_neox", "qwen3_moe"):
+                 "gpt2", "gpt_neox", "qwen3_moe", "mixtral"):
         assert name in STANDINS
 
 
