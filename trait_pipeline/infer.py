@@ -471,8 +471,9 @@ def run(cfg: DictConfig) -> dict:
         raise PipelineError("save_raw=false needs a trait to project onto: set trait=...")
     from .models import model_dims
 
-    n_model_layers, hidden = model_dims(spec)
-    layers = capture_layer_list(cfg.get("capture_layers", "all"), n_model_layers, vectors)
+    layers: list[int] | None = None  # None: every layer (known once the model is there)
+    if cfg.get("capture_layers", "all") not in (None, "all"):
+        layers = capture_layer_list(cfg.capture_layers, model_dims(spec)[0], vectors)
 
     lm = None
     summary: dict = {}
@@ -500,8 +501,10 @@ def run(cfg: DictConfig) -> dict:
             if save_raw:
                 from .storage.footprint import check_disk
 
-                check_disk(raw_footprint(cfg, lay, spec, ps, items, components, layers, hidden,
-                                         replay), bool(cfg.get("disk_check", True)),
+                n_model_layers, hidden = model_dims(spec)
+                check_disk(raw_footprint(cfg, lay, spec, ps, items, components,
+                                         layers or range(n_model_layers), hidden, replay),
+                           bool(cfg.get("disk_check", True)),
                            hint="capture fewer layers (capture_layers=[...]) or keep none "
                                 "(save_raw=false)")
             else:
