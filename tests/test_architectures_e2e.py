@@ -5,6 +5,7 @@ real size, ``capture_layers``, ``save_raw=false``, the disk refusal and ``device
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -79,7 +80,7 @@ def test_extract_steer_infer_on_a_standin(arch, models, tmp_path):
     for pid in (1, 2, 3):
         proj = json.loads(lay.projection_path("instruct", TRAIT, "demo", pid).read_text())
         vals = proj["projections"]["response"]
-        assert vals and all(isinstance(v, float) and v == v for v in vals)
+        assert vals and all(isinstance(v, float) and math.isfinite(v) for v in vals)
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +97,18 @@ def _infer(exp, models, *extra, arch="qwen2"):
                        *variant_overrides(models, arch), *extra))
 
 
-def test_capture_layers_keeps_those_layers_and_the_vectors(qwen_extracted, models, capsys):
-    _infer(qwen_extracted, models, "capture_layers=[0]")
-    lay = Layout(qwen_extracted, "demo")
+def _copy(src, tmp_path):
+    import shutil
+
+    dst = tmp_path / "experiments"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_capture_layers_keeps_those_layers_and_the_vectors(qwen_extracted, models, capsys, tmp_path):
+    exp = _copy(qwen_extracted, tmp_path)
+    _infer(exp, models, "capture_layers=[0]")
+    lay = Layout(exp, "demo")
     raw = lay.raw_path("instruct", "demo", 1)
     with safe_open(str(raw), framework="pt") as h:
         assert h.get_tensor("response.residual").shape[1] == 2  # layer 0 + the vector's layer 1
@@ -109,19 +119,18 @@ def test_capture_layers_keeps_those_layers_and_the_vectors(qwen_extracted, model
     out = capsys.readouterr().out
     est, real = _estimate(out), _dir_bytes(raw.parent)
     assert abs(est - real) <= 0.1 * real
-    _infer(qwen_extracted, models, "force=true")
+    _infer(exp, models, "force=true")
     full = json.loads(lay.projection_path("instruct", TRAIT, "demo", 1).read_text())
     assert full["metadata"]["activation_norm_layers"] == [0, 1, 2]
     assert full["projections"] == proj["projections"]
     with pytest.raises(PipelineError, match="capture_layers: layer 7 out of range"):
-        _infer(qwen_extracted, models, "capture_layers=[7]")
+        _infer(exp, models, "capture_layers=[7]")
 
 
 def test_save_raw_false_keeps_only_responses_and_projections(qwen_extracted, models, tmp_path):
     import shutil
 
-    exp = tmp_path / "experiments"
-    shutil.copytree(qwen_extracted, exp)
+    exp = _copy(qwen_extracted, tmp_path)
     with_raw = _infer(exp, models)
     lay = Layout(exp, "demo")
     keep = {pid: json.loads(lay.projection_path("instruct", TRAIT, "demo", pid).read_text())
@@ -146,8 +155,7 @@ def test_a_footprint_larger_than_the_free_space_is_refused_in_one_line(qwen_extr
     import shutil
     from collections import namedtuple
 
-    exp = tmp_path / "experiments"
-    shutil.copytree(qwen_extracted, exp)
+    exp = _copy(qwen_extracted, tmp_path)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 100, 100))
     with pytest.raises(PipelineError) as err:
