@@ -154,8 +154,9 @@ def part_demo(out: Path, smoke: bool) -> dict:
     else:
         model = []
         devices = ["cuda", "cpu"]
+        # no evaluate step: its heatmap needs matplotlib, which a bare GPU box may lack
         extract = ["max_pairs=24", "method=[mean_diff,probe]",
-                   "steps=[generate,activations,vectors,evaluate]"]
+                   "steps=[generate,activations,vectors]"]
         steer = ["layer=10", "coef=[4,8]", "questions=6"]
         infer = ["limit=8", "layer=10"]
     if devices[0] == "cuda" and not torch.cuda.is_available():

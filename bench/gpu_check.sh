@@ -44,8 +44,8 @@ part() {  # part NAME SECONDS: run one part in its time box; a failure does not 
 }
 
 if [[ ${#SMOKE[@]} -gt 0 ]]; then
-  part bench 120
-  part demo 240
+  part bench 300     # seconds on a quiet CPU; the boxes leave room for a loaded CI machine
+  part demo 600
 else
   part demo 270      # includes building the demo family when .cache/ was not carried
   part bench 180
