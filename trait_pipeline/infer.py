@@ -17,6 +17,12 @@ From config to files, for each prompt set (``datasets/inference/{set}.json``):
    the best one (:mod:`.best_vector`) or ``layer``/``method``; one JSON per prompt under
    ``projections/{trait}/{set}/{id}.json`` (:mod:`.projection` does the arithmetic).
 
+0. **calibrate** (``massive.calibrate=true``): mean ``|h|`` per dimension and layer over a
+   prompt set; the outsized dimensions and the criterion go to
+   ``inference/{variant}/massive_activations/{set}.json`` (:mod:`.monitoring.massive_dims`).
+   With a calibration on disk, projection files keep the massive dims' per-token values,
+   and ``clean=massive`` leaves those dims out of the projections (recorded as ``clean``).
+
 ``capture_layers=[...]`` keeps only those layers (plus each vector's layer) in the raw files;
 ``save_raw=false`` keeps no raw file at all: tokens are projected as they are captured, and
 only responses and projections are written. Before the first raw file, the stage prints the
@@ -103,6 +109,7 @@ def capture_items(
     lm, lay: Layout, spec: VariantSpec, cfg: DictConfig, prompt_set: PromptSet,
     items: list[Item], components: Sequence[str], replayed_from: str | None,
     layers: Sequence[int] | None = None, on_the_fly: Sequence[LoadedVector] = (),
+    cleaning: Cleaning | None = None,
 ) -> None:
     """Capture ``items`` batch by batch and write each prompt's raw + response files.
 
@@ -133,7 +140,7 @@ def capture_items(
                                   [it.response_ids for it in chunk], components, layers=layers)
         for it, seq in zip(chunk, seqs):
             _write_capture(lay, spec, cfg, prompt_set, it, seq, components, replayed_from, lm,
-                           layers, on_the_fly)
+                           layers, on_the_fly, cleaning)
 
     try:
         batched(len(items), run, size, progress=bar.update)
@@ -153,7 +160,7 @@ def _raw_metadata(cfg, spec, prompt_set_name, pid, components, replayed_from,
 
 
 def _write_capture(lay, spec, cfg, prompt_set, item, seq, components, replayed_from, lm,
-                   layers=None, on_the_fly=()) -> None:
+                   layers=None, on_the_fly=(), cleaning=None) -> None:
     from .vector_store import atomic_save_tensors
 
     pid = item.prompt.id
@@ -170,7 +177,7 @@ def _write_capture(lay, spec, cfg, prompt_set, item, seq, components, replayed_f
     if on_the_fly:  # save_raw=false: project now, keep no activations
         for vec in on_the_fly:
             rec = project_tensors(tensors, meta, prompt_set.name, pid, vec, bool(cfg.centered),
-                                  lay, spec.name, replayed_from, raw=None)
+                                  lay, spec.name, replayed_from, raw=None, cleaning=cleaning)
             write_json(lay.projection_path(spec.name, vec.choice.trait, prompt_set.name, pid,
                                            replayed_from), rec)
     else:
@@ -283,22 +290,37 @@ _SAME_VECTOR_KEYS = ("model_variant", "layer", "method", "component", "position"
                      "baseline")
 
 
+@dataclass(frozen=True)
+class Cleaning:
+    """``clean`` and the calibration behind it (None when the variant has none)."""
+
+    mode: str = "none"
+    calibration: dict | None = None
+    path: str | None = None  # of the calibration, relative to the experiment
+
+    @property
+    def dims(self) -> list[int]:
+        return [int(d) for d in (self.calibration or {}).get("dims", [])]
+
+
 def project_file(lay: Layout, variant: str, prompt_set: str, prompt_id, vec: LoadedVector,
-                 centered: bool, replayed_from: str | None = None) -> dict:
+                 centered: bool, replayed_from: str | None = None,
+                 cleaning: Cleaning | None = None) -> dict:
     """Project one captured prompt onto ``vec``; returns the projection record (not written)."""
     from .vector_store import load_tensors
 
     raw = lay.raw_path(variant, prompt_set, prompt_id, replayed_from)
     tensors, meta = load_tensors(raw)
     return project_tensors(tensors, meta, prompt_set, prompt_id, vec, centered, lay, variant,
-                           replayed_from, raw)
+                           replayed_from, raw, cleaning)
 
 
 def project_tensors(tensors: dict, meta: dict, prompt_set: str, prompt_id, vec: LoadedVector,
                     centered: bool, lay: Layout, variant: str, replayed_from: str | None,
-                    raw: Path | None) -> dict:
+                    raw: Path | None, cleaning: Cleaning | None = None) -> dict:
     """The projection record of one prompt's captured tensors (from a raw file, or straight
     from the capture when ``save_raw=false``: then ``raw`` is None)."""
+    from .monitoring.massive_dims import massive_record
     from .projection import mean, project_tokens
 
     where = raw if raw is not None else f"the capture of prompt {prompt_id}"
@@ -313,8 +335,11 @@ def project_tensors(tensors: dict, meta: dict, prompt_set: str, prompt_id, vec: 
         raise PipelineError(f"{where} has no layer {layer} (captured layers: {captured}); "
                             f"rerun with capture_layers including {layer} and force=true")
     out = {"schema_version": SCHEMA_VERSION}
-    phases = {ph: project_tokens(tensors[f"{ph}.{comp}"], vec.vector, captured.index(layer),
-                                 baseline=vec.baseline if centered else None)
+    cleaning = cleaning or Cleaning()
+    drop = cleaning.dims if cleaning.mode == "massive" else None
+    row = captured.index(layer)  # the layer's row in the (possibly partial) capture
+    phases = {ph: project_tokens(tensors[f"{ph}.{comp}"], vec.vector, row,
+                                 baseline=vec.baseline if centered else None, exclude_dims=drop)
               for ph in ("prompt", "response")}
     out["metadata"] = {
         "prompt_id": prompt_id, "prompt_set": prompt_set, "model_variant": variant,
@@ -324,8 +349,14 @@ def project_tensors(tensors: dict, meta: dict, prompt_set: str, prompt_id, vec: 
         "vector_source": vec.source(lay, centered),
         "raw": None if raw is None else raw.relative_to(lay.root).as_posix(),
         "activation_norm_layers": captured,
+        "clean": cleaning.mode,
+        "massive_dims": cleaning.dims if cleaning.calibration is not None else None,
         "projection_date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if cleaning.calibration is not None:  # lets a reader clean or un-clean without the raw file
+        out["massive"] = massive_record(
+            {ph: tensors[f"{ph}.{comp}"] for ph in ("prompt", "response")}, row, vec.vector,
+            cleaning.dims, cleaning.path, cleaning.calibration.get("criterion"))
     out["projections"] = {ph: p.projections for ph, p in phases.items()}
     out["token_norms"] = {ph: p.token_norms for ph, p in phases.items()}
     out["activation_norms"] = {ph: p.activation_norms for ph, p in phases.items()}
@@ -333,14 +364,54 @@ def project_tensors(tensors: dict, meta: dict, prompt_set: str, prompt_id, vec: 
     return out
 
 
-def _up_to_date(path: Path, source: dict) -> bool:
+def _up_to_date(path: Path, source: dict, cleaning: Cleaning | None = None) -> bool:
     if not path.is_file():
         return False
+    cleaning = cleaning or Cleaning()
     try:
-        old = read_json(path)["metadata"]["vector_source"]
+        meta = read_json(path)["metadata"]
+        old = meta["vector_source"]
     except (PipelineError, KeyError, TypeError):
         return False
+    dims = cleaning.dims if cleaning.calibration is not None else None
+    if meta.get("clean", "none") != cleaning.mode or meta.get("massive_dims") != dims:
+        return False
     return all(old.get(k) == source.get(k) for k in _SAME_VECTOR_KEYS)
+
+
+def _calibration_set(cfg: DictConfig, sets: list[PromptSet]) -> str | None:
+    massive = cfg.get("massive") or {}
+    name = massive.get("prompt_set")
+    if name not in (None, "", "null"):
+        return str(name)
+    return sets[0].name if sets else None
+
+
+def _criterion(cfg: DictConfig):
+    from .monitoring.massive_dims import Criterion
+
+    m = cfg.get("massive") or {}
+    return Criterion(top_k=int(m.get("top_k", 5)), min_layers=int(m.get("min_layers", 3)),
+                     min_ratio=float(m.get("min_ratio", 10.0)))
+
+
+def calibrate_variant(lm, lay: Layout, spec: VariantSpec, cfg: DictConfig, prompt_set: PromptSet,
+                      limit: int = 0) -> Path:
+    """The calibration step: write ``massive_activations/{set}.json`` for ``spec``."""
+    from .monitoring.massive_dims import calibrate, calibration_record
+
+    prompts = list(prompt_set.limited(limit))
+    ids = lm.encode([lm.format_prompt(p.text) for p in prompts])
+    criterion = _criterion(cfg)
+    found = calibrate(lm, ids, criterion)
+    path = lay.massive_activations_path(spec.name, prompt_set.name)
+    write_json(path, calibration_record(
+        found, criterion, experiment=str(cfg.experiment), variant=spec.name, model=spec.model,
+        lora=spec.lora, prompt_set=prompt_set.name, layer_convention=_layer_convention()))
+    big = ", ".join(f"{d} ({found['layers_per_dim'][str(d)]} layers)" for d in found["dims"])
+    print(f"massive dims | {spec.name} | {prompt_set.name}: {big or 'none'} "
+          f"[{criterion.describe()}; {found['n_tokens']} tokens]")
+    return path
 
 
 # --------------------------------------------------------------------------------------
@@ -475,7 +546,27 @@ def run(cfg: DictConfig) -> dict:
     if cfg.get("capture_layers", "all") not in (None, "all"):
         layers = capture_layer_list(cfg.capture_layers, model_dims(spec)[0], vectors)
 
+    from .monitoring.massive_dims import check_clean, load_calibration
+
+    clean = check_clean(str(cfg.get("clean") or "none"))
+    massive = cfg.get("massive") or {}
+    calib_set = _calibration_set(cfg, sets)
+    calib_path = lay.massive_activations_path(spec.name, calib_set) if calib_set else None
     lm = None
+    if massive.get("calibrate") and calib_set:
+        _criterion(cfg)  # a bad criterion fails before the model loads
+        calib_ps = load_prompt_set(calib_set, datasets_root)
+        if force or not calib_path.is_file():
+            from .models import load_variant
+
+            lm = load_variant(spec, str(cfg.device))
+            calibrate_variant(lm, lay, spec, cfg, calib_ps)
+    if clean == "massive" or (calib_path is not None and calib_path.is_file()):
+        data, path = load_calibration(lay, spec.name, calib_set or "")
+        cleaning = Cleaning(clean, data, path.relative_to(lay.root).as_posix())
+    else:
+        cleaning = Cleaning(clean)
+
     summary: dict = {}
     for ps in sets:
         prompts = list(ps.limited(limit))
@@ -489,7 +580,8 @@ def run(cfg: DictConfig) -> dict:
         fresh = {p.id for p in prompts
                  if force or not (_captured(lay, spec.name, ps.name, p.id, replay, components, layers)
                                   if save_raw else _projected(lay, spec.name, ps.name, p.id,
-                                                              replay, vectors, centered))
+                                                              replay, vectors, centered,
+                                                              cleaning))
                  or (replay is not None and _stale_replay(lay, spec.name, ps.name, p.id, replay))}
         if fresh:
             if lm is None:
@@ -511,17 +603,19 @@ def run(cfg: DictConfig) -> dict:
                 print(f"disk: save_raw=false, no raw activations for {ps.name} "
                       "(responses and projections only)", flush=True)
             capture_items(lm, lay, spec, cfg, ps, items, components, replay, layers,
-                          () if save_raw else vectors)
+                          () if save_raw else vectors, cleaning)
         log.info("%s: %d prompts captured, %d kept", ps.name, len(fresh), len(prompts) - len(fresh))
         for vec in vectors:
             means = []
             for p in prompts:
                 path = lay.projection_path(spec.name, vec.choice.trait, ps.name, p.id, replay)
-                if (p.id not in fresh and not force and _up_to_date(path, vec.source(lay, centered))) \
+                if (p.id not in fresh and not force and _up_to_date(
+                        path, vec.source(lay, centered), cleaning)) \
                         or (not save_raw and p.id in fresh):  # written during the capture
                     rec = read_json(path)
                 else:
-                    rec = project_file(lay, spec.name, ps.name, p.id, vec, centered, replay)
+                    rec = project_file(lay, spec.name, ps.name, p.id, vec, centered, replay,
+                                       cleaning)
                     write_json(path, rec)
                 if rec["summary"]["response_mean"] is not None:
                     means.append(rec["summary"]["response_mean"])
@@ -554,12 +648,13 @@ def _captured(lay: Layout, variant: str, prompt_set: str, pid, replay, component
 
 
 def _projected(lay: Layout, variant: str, prompt_set: str, pid, replay,
-               vectors: Sequence[LoadedVector], centered: bool) -> bool:
+               vectors: Sequence[LoadedVector], centered: bool,
+               cleaning: Cleaning | None = None) -> bool:
     """save_raw=false: the response and an up-to-date projection onto every vector exist."""
     if not lay.inference_response_path(variant, prompt_set, pid, replay).is_file():
         return False
     return all(_up_to_date(lay.projection_path(variant, v.choice.trait, prompt_set, pid, replay),
-                           v.source(lay, centered)) for v in vectors)
+                           v.source(lay, centered), cleaning) for v in vectors)
 
 
 def _stale_replay(lay: Layout, variant: str, prompt_set: str, pid, source: str) -> bool:
