@@ -125,7 +125,7 @@ def test_split_is_grouped_by_scenario_and_seeded(demo):
     # every record is in train, in val, or reported as skipped (empty window)
     for side in ("pos", "neg"):
         skipped = [s["idx"] for s in meta["skipped"] if s["polarity"] == side]
-        assert sorted(meta["rows"]["train"][side] + meta["rows"]["val"][side] + skipped) == list(range(60))
+        assert sorted(meta["rows"]["train"][side] + meta["rows"]["val"][side] + skipped) == list(range(240))
     t, _ = load_tensors(root / "activations/response__5/residual/train.safetensors")
     assert t["pos"].shape == (meta["counts"]["train"]["pos"], 24, 64)
     assert t["neg"].shape == (meta["counts"]["train"]["neg"], 24, 64)

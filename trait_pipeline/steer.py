@@ -532,12 +532,12 @@ def estimate_activation_norms(lm, questions: list[str], layers: list[int], compo
 
 
 def run_search(steerer: Steerer, cfg: DictConfig, baseline: dict) -> dict:
-    """Adaptive search for every layer in lockstep; one batched generate per step."""
-    from .coef_search import SearchParams, search
+    """Adaptive search for every layer (and direction) in lockstep; one batched generate per step."""
+    from .coef_search import SearchParams, saturation_message, search_directions
     from .results_store import run_key
 
     s = steerer.s
-    known = {"steps", "start_mult", "up_mult", "down_mult", "momentum"}
+    known = {"steps", "start_mult", "up_mult", "down_mult", "momentum", "direction"}
     extra = sorted(set(s.search) - known)
     if extra:
         raise PipelineError(f"unknown key search.{extra[0]}; expected: {', '.join(sorted(known))}")
@@ -550,20 +550,32 @@ def run_search(steerer: Steerer, cfg: DictConfig, baseline: dict) -> dict:
         recs = steerer.evaluate(plans, baseline)
         return [(r["result"]["trait_mean"], r["result"]["coherence_mean"]) for r in recs]
 
-    walks = search(bases, params, evaluate)
-    for la, walk in walks.items():
+    walks = search_directions(bases, params, evaluate, baseline.get("trait_mean"))
+    saturated: dict[str, list[int]] = {}
+    for (la, direction), walk in walks.items():
         record = {**walk.to_dict(), "base_coef_source": source, "params": asdict(params),
                   "method": s.method, "component": s.component, "vector_variant": s.vector_variant}
-        key = run_key({"search": la, "params": record["params"], "method": s.method,
+        # the key of an upward walk stays what it was before directions existed: reruns match
+        key_params = {k: v for k, v in record["params"].items()
+                      if not (k == "direction" and v == "up")}
+        key = run_key({"search": la, "params": key_params, "method": s.method,
                        "component": s.component, **steerer._key_common,
-                       "steer_positions": s.steer_positions})
+                       "steer_positions": s.steer_positions,
+                       **({"direction": direction} if params.direction == "both" else {})})
         steerer.store.set_search(key, record, steerer.header)
+        if walk.saturated:
+            saturated.setdefault(walk.direction, []).append(la)
+            continue
         line = walk.describe()
         if walk.status != "ok":
             log.warning(line)
-            print(f"WARNING: {line}", file=sys.stderr, flush=True)
         else:
             log.info(line)
+    for direction, layers in saturated.items():
+        # one line for all layers: the baseline is the same for each
+        msg = (f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}: "
+               + saturation_message(baseline["trait_mean"], direction))
+        log.warning(msg)
     return walks
 
 
