@@ -16,6 +16,9 @@ What this adds to plain ``@hydra.main``:
 * Before Hydra runs, every combination of experiment / variant / trait on the line is
   composed and checked, so an unknown name fails in one line before any model loads.
 * In the job, a :class:`PipelineError` prints ``error: <message>`` and exits with status 2.
+* ``-h``/``--help`` prints the stage's own help (``trait_pipeline.help``: description, every
+  key with its default and meaning, the experiment's variants, examples, the doc page);
+  ``--hydra-help`` still prints Hydra's.
 
 Nothing here imports torch: ``--help`` and ``--cfg job`` stay well under a second.
 """
@@ -174,6 +177,11 @@ def stage_main(config_name: str) -> Callable[[Callable], Callable[[], None]]:
 
             resolvers.register()
             argv = normalize_argv(sys.argv[1:])
+            if any(a in ("-h", "--help") for a in argv):
+                from .help import format_help
+
+                print(format_help(config_name, _overrides(argv)))
+                raise SystemExit(0)
             if not any(a in _NO_PREFLIGHT_FLAGS for a in argv):
                 try:
                     preflight(config_name, argv)
