@@ -247,7 +247,9 @@ def keys_markdown(stage: str) -> str:
     cfg = _compose(stage, [])
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for kd in doc.keys:
-        default = resolved_default(cfg, kd).replace("|", "\\|")
+        # a path depends on the machine (and its environment): docs say where it comes from
+        default = COMPUTED if kd.key == "output_dir" else resolved_default(cfg, kd)
+        default = default.replace("|", "\\|")
         rows.append(f"| `{kd.key}` | `{default}` | {kd.meaning.replace('|', chr(92) + '|')} |")
     return "\n".join(rows)
 
