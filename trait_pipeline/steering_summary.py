@@ -319,7 +319,9 @@ def heatmap_png(
     incoherent = np.array([[c is None or c < min_coherence for c in row] for row in cells.coherence],
                           dtype=bool)
     lim = float(np.nanmax(np.abs(grid))) or 1.0
-    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(coefs), 1.2 + 0.45 * len(layers)))
+    # at least 4 x 3.2 in: room for the axis labels whatever the grid's size
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 + 0.75 * len(coefs)),
+                                    max(3.2, 1.4 + 0.45 * len(layers))))
     im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
     for i in range(len(layers)):
         for j in range(len(coefs)):
@@ -333,7 +335,7 @@ def heatmap_png(
     ax.set_xticks(range(len(coefs)), [f"{c:g}" for c in coefs], rotation=45, fontsize=7)
     ax.set_yticks(range(len(layers)), [str(la) for la in layers], fontsize=7)
     ax.set_xlabel("coefficient")
-    ax.set_ylabel("layer (output of decoder block L)")
+    ax.set_ylabel("layer\n(output of decoder block L)")
     ax.set_title(f"{results.trait or ''} on {results.model_variant or ''}: delta over baseline\n"
                  f"hatched = coherence < {min_coherence:g}", fontsize=8)
     fig.colorbar(im, ax=ax, label="trait delta")
