@@ -151,6 +151,18 @@ def preflight(config_name: str, argv: list[str]) -> None:
         GlobalHydra.instance().clear()
 
 
+def _to_log_files(msg: str) -> None:
+    """Record ``msg`` in the job's log file without a second copy on the console.
+
+    The console gets the error once, from the print to stderr; Hydra's console handler
+    would otherwise repeat it.
+    """
+    record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, msg, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _run_task(task: Callable, cfg) -> object:
     from .config import validate
 
@@ -158,7 +170,7 @@ def _run_task(task: Callable, cfg) -> object:
         validate(cfg)
         return task(cfg)
     except PipelineError as exc:
-        log.error("error: %s", one_line(exc))
+        _to_log_files(f"error: {one_line(exc)}")
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
         stop = SystemExit(2)
         stop.error = one_line(exc)  # so a sweep launcher can name the error, not just the status

@@ -329,14 +329,22 @@ class Steerer:
 
     def __init__(self, cfg: DictConfig, s: SteerSettings, lm, judge, trait_spec, questions: list[str],
                  prompts_file: str, vectors: dict[int, LoadedVector]) -> None:
+        """``lm``: a loaded model, or ``(spec, load)`` to load it on first use only, so a
+        rerun whose every config is already in results.json never loads the model."""
         from .results_store import ResultsStore
 
-        self.s, self.lm, self.judge, self.trait_spec = s, lm, judge, trait_spec
+        if isinstance(lm, tuple):
+            spec, self._load_lm = lm
+            self._lm = None
+        else:
+            spec, self._lm, self._load_lm = lm.spec, lm, None
+        self.spec = spec
+        self.s, self.judge, self.trait_spec = s, judge, trait_spec
+        self.skipped: dict[str, int] = {}  # configs found in results.json, per layer group
         self.questions = questions
         self.vectors = vectors
         lay = layout(cfg)
         self.layout = lay
-        spec = lm.spec
         self.dir = lay.steering_dir(s.trait, spec.name, s.position, s.prompt_set)
         self.store = ResultsStore(lay.results_path(s.trait, spec.name, s.position, s.prompt_set))
         self.composed_config = _composed_config_link(self.dir, cfg)
@@ -362,6 +370,16 @@ class Steerer:
         self._key_common = {**common, "vector_source": self.vector_source}
         self.batch_size = s.batch_size
         self.gen_seconds: list[tuple[int, float]] = []  # (rows, seconds) per generate call
+
+    @property
+    def lm(self):
+        if self._lm is None:
+            self._lm = self._load_lm()
+        return self._lm
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._lm is not None
 
     # generation + judging ------------------------------------------------------------------------
     def _generate(self, rows: list[list], positions: str) -> list[str]:
@@ -410,7 +428,7 @@ class Steerer:
         trait, coh = self._judge(answers)
         data = self.store.read() or {}
         first = data.get("baseline") is None
-        path = self.layout.baseline_path(self.s.trait, self.lm.spec.name, self.s.position, self.s.prompt_set)
+        path = self.layout.baseline_path(self.s.trait, self.spec.name, self.s.position, self.s.prompt_set)
         if not first:  # another baseline (other settings) already owns baseline.json
             path = path.with_name(f"baseline_{self.baseline_key}.json")
         record = {
@@ -444,9 +462,10 @@ class Steerer:
             if p.key not in have and p.key not in seen:
                 todo.append(p)
                 seen.add(p.key)
-        skipped = len(plans) - len(todo)
-        if skipped:
-            log.info("%d of %d configs already in %s: skipped", skipped, len(plans), self.store.path)
+        for p in plans:  # counted here, said once per layer group at the end (report_skipped)
+            if p.key in have:
+                group = f"layer {p.label[0]}"
+                self.skipped[group] = self.skipped.get(group, 0) + 1
         if todo:
             n = len(self.questions)
             rows = [p.terms for p in todo for _ in range(n)]
@@ -457,7 +476,7 @@ class Steerer:
             for j, p in enumerate(todo):
                 a, t, c = answers[j * n:(j + 1) * n], trait[j * n:(j + 1) * n], coh[j * n:(j + 1) * n]
                 path = self.layout.run_responses_path(
-                    self.s.trait, self.lm.spec.name, self.s.position, self.s.prompt_set,
+                    self.s.trait, self.spec.name, self.s.position, self.s.prompt_set,
                     self.s.component, p.label[0], p.label[1], f"{stamp}_{p.key[:6]}",
                     method=self.s.method)
                 records.append({
@@ -595,18 +614,23 @@ def run(cfg: DictConfig) -> dict:
     questions, prompts_file = load_questions(s, datasets_root)
     vectors = load_vectors(lay, s)  # before the model loads: a missing layer fails fast
 
-    lm = load_variant(variant_spec(cfg), device=s.device)
-    from .layers import check_layers
+    spec = variant_spec(cfg)
 
-    check_layers(lm.model, s.layers)
-    d_model = next(iter(vectors.values())).vector.numel()
-    hidden = getattr(getattr(lm.model, "config", None), "hidden_size", d_model)
-    if s.component == "residual" and hidden != d_model:
-        raise PipelineError(
-            f"vector size {d_model} does not match {lm.spec.name}'s hidden size {hidden}: the "
-            f"vectors of {s.vector_variant!r} come from another model family")
+    def load():
+        from .layers import check_layers
 
-    steerer = Steerer(cfg, s, lm, judge, trait_spec, questions, prompts_file, vectors)
+        lm = load_variant(spec, device=s.device)
+        check_layers(lm.model, s.layers)
+        d_model = next(iter(vectors.values())).vector.numel()
+        hidden = getattr(getattr(lm.model, "config", None), "hidden_size", d_model)
+        if s.component == "residual" and hidden != d_model:
+            raise PipelineError(
+                f"vector size {d_model} does not match {lm.spec.name}'s hidden size {hidden}: the "
+                f"vectors of {s.vector_variant!r} come from another model family")
+        return lm
+
+    # the model loads on first need: a rerun with everything in results.json never loads it
+    steerer = Steerer(cfg, s, (spec, load), judge, trait_spec, questions, prompts_file, vectors)
     baseline = steerer.baseline()
     searches = None
     if s.multi_layer is not None:
@@ -621,6 +645,10 @@ def run(cfg: DictConfig) -> dict:
 
     from .steering_summary import format_summary, heatmap_png, read_results
 
+    for group, n in sorted(steerer.skipped.items()):
+        log.info("%s: %d config%s already in results.json, skipped", group, n, "" if n == 1 else "s")
+    if not steerer.model_loaded:
+        log.info("nothing to do: every config is in %s (model not loaded)", steerer.store.path)
     res = read_results(steerer.store.path)
     print(format_summary(res, s.min_coherence), flush=True)
     png = heatmap_png(res, steerer.dir / "heatmap.png", s.min_coherence, method=s.method,

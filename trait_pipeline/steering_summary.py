@@ -345,8 +345,9 @@ def heatmap_png(
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out)
+        fig.savefig(tmp, dpi=120, metadata={"Software": None})
+        if not (out.is_file() and out.read_bytes() == Path(tmp).read_bytes()):
+            os.replace(tmp, out)  # same picture as on disk: leave the file (and its mtime) alone
     finally:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
