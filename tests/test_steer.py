@@ -185,3 +185,26 @@ def test_bad_input_on_the_command_line(extracted):
     assert proc.returncode == 2 and "offline judge only knows the demo trait" in proc.stderr
     # Hydra made the job's run folder; no result (or half a result) was written
     assert not list((extracted / "demo").rglob("results.json"))
+
+
+def test_rerun_with_nothing_to_do_is_a_no_op(extracted, monkeypatch, caplog):
+    """No model load, one line per skipped layer group, no file rewritten or added."""
+    import logging
+
+    import trait_pipeline.models as models
+
+    steer(extracted, "layer=10", "questions=4")  # the adaptive search, once
+    folder = extracted / STEER_DIR.format(variant="instruct")
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+    def no_load(*_a, **_k):
+        raise AssertionError("the model was loaded on a rerun with nothing to do")
+
+    monkeypatch.setattr(models, "load_variant", no_load)
+    caplog.set_level(logging.INFO, logger="trait_pipeline")
+    steer(extracted, "layer=10", "questions=4")
+    after = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    assert after == before  # results.json, heatmap.png, responses: same files, same mtimes
+    skipped = [r.getMessage() for r in caplog.records if "already in results.json" in r.getMessage()]
+    assert skipped == ["layer 10: 5 configs already in results.json, skipped"]
+    assert any("model not loaded" in r.getMessage() for r in caplog.records)

@@ -347,7 +347,7 @@ class Steerer:
         self.layout = lay
         self.dir = lay.steering_dir(s.trait, spec.name, s.position, s.prompt_set)
         self.store = ResultsStore(lay.results_path(s.trait, spec.name, s.position, s.prompt_set))
-        self.composed_config = _composed_config_link(self.dir, cfg)
+        self._cfg, self._composed_config = cfg, None
         self.model_variant = {"name": spec.name, "model": spec.model, "lora": spec.lora,
                               "revision": spec.revision, "dtype": spec.dtype}
         vspec = variant_spec(cfg, s.vector_variant)
@@ -380,6 +380,13 @@ class Steerer:
     @property
     def model_loaded(self) -> bool:
         return self._lm is not None
+
+    @property
+    def composed_config(self) -> str:
+        """Link to the composed config, snapshotted only once a run is stored (no-op: never)."""
+        if self._composed_config is None:
+            self._composed_config = _composed_config_link(self.dir, self._cfg)
+        return self._composed_config
 
     # generation + judging ------------------------------------------------------------------------
     def _generate(self, rows: list[list], positions: str) -> list[str]:
@@ -649,6 +656,7 @@ def run(cfg: DictConfig) -> dict:
         log.info("%s: %d config%s already in results.json, skipped", group, n, "" if n == 1 else "s")
     if not steerer.model_loaded:
         log.info("nothing to do: every config is in %s (model not loaded)", steerer.store.path)
+        _mark_noop_run(steerer.store.path)
     res = read_results(steerer.store.path)
     print(format_summary(res, s.min_coherence), flush=True)
     png = heatmap_png(res, steerer.dir / "heatmap.png", s.min_coherence, method=s.method,
@@ -658,6 +666,17 @@ def run(cfg: DictConfig) -> dict:
     print(f"results: {steerer.store.path}", flush=True)
     return {"results": steerer.store.path, "baseline": baseline, "searches": searches,
             "gen_seconds": steerer.gen_seconds}
+
+
+def _mark_noop_run(results_path: Path) -> None:
+    """Hydra made this job a runs/<id>/ folder before it knew there was nothing to do:
+    mark it, so a listing of runs/ tells the runs that did something from those that did not."""
+    from .config import hydra_snapshot_path
+
+    snap = hydra_snapshot_path()
+    if snap is not None and snap.is_file():
+        (snap.parent.parent / "NOTHING_TO_DO").write_text(
+            f"every config was already in {results_path}; the model was not loaded\n")
 
 
 main = stage_main("steer")(run)
