@@ -191,7 +191,7 @@ def test_rerun_with_nothing_to_do_is_a_no_op(extracted, monkeypatch, caplog):
     """No model load, one line per skipped layer group, no file rewritten or added."""
     import logging
 
-    import trait_pipeline.models as models
+    from trait_pipeline import models
 
     steer(extracted, "layer=10", "questions=4")  # the adaptive search, once
     folder = extracted / STEER_DIR.format(variant="instruct")
