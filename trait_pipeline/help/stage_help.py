@@ -228,7 +228,9 @@ def format_help(stage: str, overrides: list[str] | None = None) -> str:
     dw = min(28, max(len(d) for _, d in shown))
     for kd, default in shown:
         meaning = kd.meaning
-        if kd.group:  # the files of conf/<group>/ are its options: listed, never out of date
+        # the files of conf/<group>/ are its options: listed, never out of date (variants are
+        # listed below, with their models: they come from the experiment's table)
+        if kd.group and kd.key != "model_variant":
             opts = sorted(p.stem for p in (CONF_DIR / kd.key).glob("*.yaml"))
             meaning += f" [{' | '.join(opts)}]" if opts else ""
         lines.append(f"  {kd.key:<{kw}}  {default:<{dw}}  {meaning}")
