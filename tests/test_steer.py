@@ -53,9 +53,23 @@ def test_mission_command_two_jobs_one_results_file(extracted, monkeypatch):
     proc = run_stage("steer", "model_variant=rm_lora", "-m", "layer=10,20", experiments=extracted)
     assert proc.returncode == 0
     data = results(extracted, "rm_lora")
+    # rm_lora's baseline sits at the top of the scale: said in one line, nothing searched
+    assert data["baseline"]["trait_mean"] >= 99 and data["runs"] == []
+    assert {(s["layer"], s["status"], s["best_coef"]) for s in data["searches"].values()} == {
+        (10, "saturated", None), (20, "saturated", None)}
+    assert "layers 10, 20: baseline 100: no headroom upward; try search.direction=down" in proc.stdout
+    # so the trait is searched downward: the same two jobs, into the same results.json
+    proc = run_stage("steer", "model_variant=rm_lora", "search.direction=down", "-m", "layer=10,20",
+                     experiments=extracted)
+    data = results(extracted, "rm_lora")
     assert {r["config"]["vectors"][0]["layer"] for r in data["runs"]} == {10, 20}
     assert len(data["runs"]) == 10  # adaptive search: 5 steps per layer
-    assert {s["layer"] for s in data["searches"].values()} == {10, 20}
+    assert all(r["config"]["vectors"][0]["weight"] < 0 for r in data["runs"])
+    down = [s for s in data["searches"].values() if s["direction"] == "down"]
+    assert {s["layer"] for s in down} == {10, 20}
+    assert any(s["status"] == "ok" and s["best_coef"] < 0 for s in down)
+    assert min(r["result"]["trait_mean"] for r in data["runs"]) < data["baseline"]["trait_mean"] - 20
+    data["searches"] = {k: s for k, s in data["searches"].items() if s["direction"] == "down"}
     assert {s["base_coef_source"] for s in data["searches"].values()} == {"extraction"}
     steer_dir = extracted / STEER_DIR.format(variant="rm_lora")
     for r in data["runs"]:
