@@ -181,7 +181,8 @@ def test_missing_vector_fails_before_loading_and_loses_nothing(extracted):
 def test_search_with_no_coherent_step_is_reported(extracted, capsys):
     out = steer(extracted, "layer=10", "min_coherence=101", "search.steps=2", "questions=2")
     assert out["searches"][10].status == "no_coherent_step"
-    assert "NO COHERENT STEP" in capsys.readouterr().err
+    captured = capsys.readouterr()  # in the summary (stdout); under Hydra also its log line
+    assert "NO COHERENT STEP" in captured.out + captured.err
     data = results(extracted, "instruct")
     (search,) = data["searches"].values()
     assert search["status"] == "no_coherent_step" and search["best_coef"] is None
