@@ -616,6 +616,7 @@ def step_activations(job: Job) -> str:
                 f"({len(skipped)} empty windows, vetting dropped {len(dropped[side])}); "
                 "loosen vetting thresholds or pick another position"
             )
+    _check_activation_footprint(job, rows, val_split)
     with tqdm(total=len(examples), desc=f"capture {job.component}", unit="ex") as bar:
         tok_norms: dict = {}
         acts = capture_means(lm, examples, position, job.component,
@@ -651,6 +652,26 @@ def step_activations(job: Job) -> str:
         "content_digest": content, "inputs": inputs, "config": _config_path(), "timestamp": _now(),
     })
     return "ran"
+
+
+def _check_activation_footprint(job: Job, rows: dict, val_split: float) -> None:
+    """Print what train/val.safetensors will take (float32 window means) and refuse when the
+    disk cannot hold them (``disk_check=false`` writes anyway)."""
+    import json
+
+    from .models import model_dims
+    from .storage.footprint import Footprint, check_disk, safetensors_bytes
+
+    n_layers, hidden = model_dims(job.spec)
+    total = 0
+    for split in ("train", "val") if val_split > 0 else ("train",):
+        shapes = {side: (len(rows[split][side]), n_layers, hidden) for side in POLARITIES}
+        meta = {"trait": json.dumps(job.trait), "split": json.dumps(split)}
+        total += safetensors_bytes(shapes, 4, meta)
+    n = sum(len(v) for split in rows.values() for v in split.values())
+    check_disk(Footprint(total, f"activations of {n} examples",
+                         f"{n_layers} layers x {hidden} wide, float32 window means", job.acts_dir),
+               bool(job.cfg.get("disk_check", True)))
 
 
 def load_activations(job: Job) -> tuple[dict[str, dict[str, Any]], dict]:

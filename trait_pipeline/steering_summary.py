@@ -308,7 +308,11 @@ def heatmap_png(
     cells = heatmap_grid(results, method, component)
     if not any(d is not None for row in cells.delta for d in row):
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU box may lack it: the results are in results.json anyway
+        print("heatmap: skipped (matplotlib is not installed)", flush=True)
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

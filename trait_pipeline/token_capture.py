@@ -44,9 +44,15 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _stack_layers(step: dict, comp: str, n_layers: int) -> torch.Tensor:
-    """``{(comp, L): [B, T, d]}`` -> ``[B, T, n_layers, d]`` on the CPU."""
-    return torch.stack([step[(comp, la)] for la in range(n_layers)], dim=2)
+def _stack_layers(step: dict, comp: str, layers: Sequence[int]) -> torch.Tensor:
+    """``{(comp, L): [B, T, d]}`` -> ``[B, T, len(layers), d]`` on the CPU."""
+    return torch.stack([step[(comp, la)] for la in layers], dim=2)
+
+
+def _layer_list(lm: LoadedModel, layers: Sequence[int] | None) -> list[int]:
+    from .layers import check_layers
+
+    return list(range(lm.n_layers)) if layers is None else check_layers(lm.model, list(layers))
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:
@@ -64,14 +70,16 @@ def capture_generate(
     max_new_tokens: int = 32,
     temperature: float = 0.0,
     seed: int = 0,
+    layers: Sequence[int] | None = None,
 ) -> list[CapturedSequence]:
-    """Generate for one batch of tokenized prompts and record every layer at every token.
+    """Generate for one batch of tokenized prompts and record ``layers`` (default: every
+    layer, in order) at every token; row ``k`` of the layer axis is ``layers[k]``.
 
     Greedy at temperature 0, otherwise sampled with a generator seeded by ``seed``.
     """
     if max_new_tokens < 1:
         raise PipelineError(f"bad max_new_tokens {max_new_tokens}: expected an int >= 1")
-    n_layers, comps = lm.n_layers, list(components)
+    layer_ids, comps = _layer_list(lm, layers), list(components)
     batch = lm.pad_batch(list(prompt_ids))
     ids, mask = batch["input_ids"], batch["attention_mask"]
     bsz, width = ids.shape
@@ -87,10 +95,10 @@ def capture_generate(
     new_tokens: list[torch.Tensor] = []  # [B] per step
     response_rows: list[dict[str, torch.Tensor]] = []  # per fed token: {comp: [B, L, d]}
     done = torch.zeros(bsz, dtype=torch.bool, device=ids.device)
-    with torch.no_grad(), record(lm.model, range(n_layers), comps, on_output=keep):
+    with torch.no_grad(), record(lm.model, layer_ids, comps, on_output=keep):
         out = lm.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
                        use_cache=True, logits_to_keep=1)
-        prompt_acts = {c: _stack_layers(step, c, n_layers) for c in comps}
+        prompt_acts = {c: _stack_layers(step, c, layer_ids) for c in comps}
         cache_kw = _cache_kwarg(lm.model)
         cache = _cache_of(out)
         logits = out.logits[:, -1, :]
@@ -107,7 +115,7 @@ def capture_generate(
                            **{cache_kw: cache})
             cache = _cache_of(out)
             logits = out.logits[:, -1, :]
-            response_rows.append({c: _stack_layers(step, c, n_layers)[:, 0] for c in comps})
+            response_rows.append({c: _stack_layers(step, c, layer_ids)[:, 0] for c in comps})
             if bool(done.all()):
                 break
 
@@ -135,19 +143,20 @@ def capture_replay(
     prompt_ids: Sequence[list[int]],
     response_ids: Sequence[list[int]],
     components: Sequence[str] = ("residual",),
+    layers: Sequence[int] | None = None,
 ) -> list[CapturedSequence]:
-    """Record every layer over given prompt+response ids in one forward pass (no generation)."""
-    n_layers, comps = lm.n_layers, list(components)
+    """Record ``layers`` (default all) over given prompt+response ids in one forward pass."""
+    layer_ids, comps = _layer_list(lm, layers), list(components)
     rows = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
     batch = lm.pad_batch(rows)
     width = batch["input_ids"].shape[1]
     step: dict = {}
-    with torch.no_grad(), record(lm.model, range(n_layers), comps,
+    with torch.no_grad(), record(lm.model, layer_ids, comps,
                                  on_output=lambda k, o: step.__setitem__(k, o.to("cpu"))):
         lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                  position_ids=_positions(batch["attention_mask"]), use_cache=False,
                  logits_to_keep=1)
-    acts = {c: _stack_layers(step, c, n_layers) for c in comps}
+    acts = {c: _stack_layers(step, c, layer_ids) for c in comps}
     results = []
     for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
         start, cut = width - len(p) - len(r), width - len(r)
@@ -187,3 +196,78 @@ def _until_eos(row: list[int], eos: set[int]) -> list[int]:
         if t in eos:
             return row[: i + 1]
     return row
+
+
+@dataclass
+class StreamStep:
+    """One step of :func:`stream_capture`: the prompt (``token_id`` None) or one new token.
+
+    ``acts`` is ``{component: [n_tokens, len(layers), dim]}`` on the CPU: all prompt tokens
+    for the first step, then one row per generated token.
+    """
+
+    token_id: int | None
+    acts: dict[str, torch.Tensor]
+    is_eos: bool = False
+
+
+def stream_capture(
+    lm: LoadedModel,
+    prompt_ids: list[int],
+    layers: Sequence[int],
+    components: Sequence[str] = ("residual",),
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    seed: int = 0,
+    min_new_tokens: int = 0,
+    should_stop=None,
+):
+    """:func:`capture_generate` for one prompt, yielding as it goes (the live chat).
+
+    The same decode loop (prefill, then every generated token fed back once, the last one
+    included), but only ``layers`` are recorded and each token is yielded when its
+    activations exist, so a caller can stream it. ``should_stop()`` is checked before each
+    forward pass; when it returns True the generator ends (a client went away).
+    ``min_new_tokens`` keeps EOS from being chosen before that many tokens (as in HF ``generate``).
+
+    >>> # for step in stream_capture(lm, ids, layers=[10], max_new_tokens=8): ...
+    """
+    if max_new_tokens < 1:
+        raise PipelineError(f"bad max_new_tokens {max_new_tokens}: expected an int >= 1")
+    layers, comps = [int(la) for la in layers], list(components)
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=lm.device)
+    mask = torch.ones_like(ids)
+    eos = _eos_ids(lm)
+    gen = torch.Generator(device=ids.device).manual_seed(seed) if temperature > 0 else None
+    step: dict = {}
+
+    def keep(key, out):
+        step[key] = out.to("cpu")
+
+    def rows() -> dict[str, torch.Tensor]:  # [T, len(layers), d] from the last forward pass
+        return {c: torch.stack([step[(c, la)][0] for la in layers], dim=1) for c in comps}
+
+    with torch.no_grad(), record(lm.model, layers, comps, on_output=keep):
+        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                       use_cache=True, logits_to_keep=1)
+        yield StreamStep(None, rows())
+        cache_kw, cache = _cache_kwarg(lm.model), _cache_of(out)
+        logits = out.logits[:, -1, :]
+        for i in range(max_new_tokens):
+            if should_stop is not None and should_stop():
+                return
+            if i < min_new_tokens and eos:
+                logits = logits.clone()
+                logits[:, sorted(eos)] = float("-inf")
+            nxt = _next_token(logits, temperature, gen)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step.clear()
+            out = lm.model(input_ids=nxt[:, None], attention_mask=mask,
+                           position_ids=_positions(mask)[:, -1:], use_cache=True,
+                           **{cache_kw: cache})
+            cache, logits = _cache_of(out), out.logits[:, -1, :]
+            token = int(nxt[0])
+            yield StreamStep(token, rows(), is_eos=token in eos)
+            if token in eos:
+                return
