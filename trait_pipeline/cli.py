@@ -16,6 +16,9 @@ What this adds to plain ``@hydra.main``:
 * Before Hydra runs, every combination of experiment / variant / trait on the line is
   composed and checked, so an unknown name fails in one line before any model loads.
 * In the job, a :class:`PipelineError` prints ``error: <message>`` and exits with status 2.
+* ``-h``/``--help`` prints the stage's own help (``trait_pipeline.help``: description, every
+  key with its default and meaning, the experiment's variants, examples, the doc page);
+  ``--hydra-help`` still prints Hydra's.
 
 Nothing here imports torch: ``--help`` and ``--cfg job`` stay well under a second.
 """
@@ -243,6 +246,18 @@ def _shows_config(argv: list[str]) -> bool:
     return any(a in ("--cfg", "-c", "--resolve") or a.startswith("--cfg=") for a in argv)
 
 
+def _to_log_files(msg: str) -> None:
+    """Record ``msg`` in the job's log file without a second copy on the console.
+
+    The console gets the error once, from the print to stderr; Hydra's console handler
+    would otherwise repeat it.
+    """
+    record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, msg, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _run_task(task: Callable, cfg) -> object:
     from .config import validate
     from .review import outcome, run_record
@@ -253,7 +268,7 @@ def _run_task(task: Callable, cfg) -> object:
         active = _start_record(cfg)
         returned = task(cfg)
     except PipelineError as exc:
-        log.error("error: %s", one_line(exc))
+        _to_log_files(f"error: {one_line(exc)}")
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
         if active is not None:
             active.finish("failed", error=one_line(exc))
@@ -298,6 +313,11 @@ def stage_main(config_name: str) -> Callable[[Callable], Callable[[], None]]:
                 except PipelineError as exc:
                     print(f"error: {one_line(exc)}", file=sys.stderr)
                     raise SystemExit(2) from None
+            if any(a in ("-h", "--help") for a in argv):
+                from .help import format_help
+
+                print(format_help(config_name, _overrides(argv)))
+                raise SystemExit(0)
             if _shows_config(argv):
                 from .review.compose import show_cfg
 

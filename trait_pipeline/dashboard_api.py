@@ -37,7 +37,8 @@ from .steering_summary import (
     read_results,
 )
 
-METRICS = ("combined_score", "val_accuracy", "val_effect_size")
+METRICS = ("combined_score", "val_accuracy", "val_effect_size", "p_value", "null_percentile")
+CI_METRICS = ("val_accuracy", "val_effect_size")  # metrics stored with a 95 % interval (<metric>_ci)
 MAX_RESPONSES = 200  # a response browser page; steering files hold tens of questions
 
 
@@ -157,8 +158,12 @@ class Dashboard:
         best = data.get("best") or (best_per_trait(rows) if rows else {})
         traits = sorted({r["trait"] for r in rows} | set(lay.traits("extraction")))
         heatmaps: dict[str, list[dict]] = {}
+        bands = {(e.get("trait"), str(e.get("position")), str(e.get("component", "residual"))):
+                 e.get("null_band") for e in (data.get("entries") or []) if isinstance(e, dict)}
         for trait in sorted({r["trait"] for r in rows}):
             heatmaps[trait] = _method_grids([r for r in rows if r["trait"] == trait])
+            for g in heatmaps[trait]:
+                g["null_band"] = bands.get((trait, g["position"], g["component"]))
         lens = {}
         vectors = {}
         for trait in traits:
@@ -384,8 +389,16 @@ def _method_grids(rows: list[dict]) -> list[dict]:
                     val = float(val)
                 grid[methods.index(str(r["method"]))][layers.index(int(r["layer"]))] = val
             metrics[m] = grid
+        intervals = {}
+        for m in CI_METRICS:
+            cis: list[list[list[float] | None]] = [[None] * len(layers) for _ in methods]
+            for r in sub:
+                ci = r.get(f"{m}_ci")
+                if isinstance(ci, list) and len(ci) == 2:
+                    cis[methods.index(str(r["method"]))][layers.index(int(r["layer"]))] = ci
+            intervals[m] = cis
         out.append({"position": pos, "component": comp, "layers": layers, "methods": methods,
-                    "metrics": metrics})
+                    "metrics": metrics, "intervals": intervals})
     return out
 
 

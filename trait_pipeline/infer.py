@@ -608,7 +608,8 @@ def run(cfg: DictConfig) -> dict:
                       "(responses and projections only)", flush=True)
             capture_items(lm, lay, spec, cfg, ps, items, components, replay, layers,
                           () if save_raw else vectors, cleaning)
-        log.info("%s: %d prompts captured, %d kept", ps.name, len(fresh), len(prompts) - len(fresh))
+        log.info("%s: %d prompts captured, %d already on disk (reused)", ps.name, len(fresh),
+                 len(prompts) - len(fresh))
         for vec in vectors:
             means = []
             for p in prompts:
@@ -624,8 +625,7 @@ def run(cfg: DictConfig) -> dict:
                 if rec["summary"]["response_mean"] is not None:
                     means.append(rec["summary"]["response_mean"])
             summary.setdefault(vec.choice.trait, {})[ps.name] = mean(means)
-            log.info("%s on %s/%s: mean response projection %s (%s)", vec.choice.trait, spec.name,
-                     ps.name, summary[vec.choice.trait][ps.name], vec.choice.describe())
+            # said once, rounded, by the print below (a log line here repeated it unrounded)
             print(f"{vec.choice.trait} | {spec.name}{f' (replay of {replay})' if replay else ''} | "
                   f"{ps.name}: mean response projection "
                   f"{_fmt(summary[vec.choice.trait][ps.name])} over {len(means)} prompts "

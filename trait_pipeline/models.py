@@ -200,10 +200,8 @@ def load_variant(spec: VariantSpec, device: str = "auto") -> LoadedModel:
         if not Path(adapter).exists() and "/" not in adapter:
             raise PipelineError(f"bad lora {spec.lora!r}: expected a hub id or a local path")
         try:
-            with warnings.catch_warnings():
-                # peft calls a transformers API that v5 deprecates; nothing for a user to act on
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-                model = PeftModel.from_pretrained(model, adapter)
+            # its non-actionable warnings are filtered in trait_pipeline/__init__.py
+            model = PeftModel.from_pretrained(model, adapter)
         except (OSError, ValueError) as exc:
             raise PipelineError(
                 f"cannot load lora adapter {spec.lora!r}: {str(exc).splitlines()[0]}") from None

@@ -173,12 +173,17 @@ async function renderExtraction(seq) {
       xaxis: { title: { text: "layer (output of decoder block L)" }, dtick: 1 },
       yaxis: { title: { text: "method" }, type: "category" }, margin: { l: 110 },
     }, PLOT_CONFIG);
+    nullPlot("ext-null", g, trait, data.variant, metric);
   } else {
     Plotly.purge("ext-heatmap"); $("ext-heatmap").textContent = `no evaluation rows for ${trait}`;
+    Plotly.purge("ext-null"); $("ext-null").textContent = "";
   }
-  table($("ext-best"), ["trait", "method", "layer", "position", "component", "val acc", "effect size", "combined"],
+  const ci = (x) => (Array.isArray(x) ? `[${x.map((v) => v.toFixed(2)).join(", ")}]` : "");
+  table($("ext-best"), ["trait", "method", "layer", "position", "component", "val acc", "95 % CI",
+    "effect size", "95 % CI", "p vs null", "combined"],
     Object.entries(data.best).map(([t, b]) => [t, b.method, b.layer, b.position, b.component,
-      b.val_accuracy, b.val_effect_size, b.combined_score]));
+      b.val_accuracy, ci(b.val_accuracy_ci), b.val_effect_size, ci(b.val_effect_size_ci),
+      b.p_value ?? "", b.combined_score]));
   // the logit lens of the vectors at the chosen site (position / component), else the first
   const lenses = data.logit_lens[trait] || [];
   const lens = lenses.find((l) => g && l.position === g.position && l.component === g.component) || lenses[0];
@@ -193,6 +198,36 @@ async function renderExtraction(seq) {
   const cfgs = (data.config_runs || {})[trait] || [];
   const cfg = cfgs.find((c) => g && c.position === g.position && c.component === g.component) || cfgs[0];
   await showConfig($("ext-config-text"), $("ext-config-run"), cfg && cfg.run);
+}
+
+// Per layer: each method's value with its 95 % interval, over the band (2.5-97.5 %) of the
+// null of random directions. Shown for the metrics that have both (val acc, effect size).
+function nullPlot(div, g, trait, variant, metric) {
+  const m = ["val_accuracy", "val_effect_size"].includes(metric) ? metric : "val_accuracy";
+  const traces = [];
+  const band = g.null_band || {};
+  const layers = g.layers.filter((la) => band[String(la)] && band[String(la)][m]);
+  if (layers.length) {
+    const lo = layers.map((la) => band[String(la)][m][0]), hi = layers.map((la) => band[String(la)][m][2]);
+    traces.push({ x: layers, y: lo, mode: "lines", line: { width: 0 }, showlegend: false, hoverinfo: "skip" });
+    traces.push({ x: layers, y: hi, mode: "lines", line: { width: 0 }, fill: "tonexty",
+      fillcolor: "rgba(128,128,128,0.25)", name: `null band (${band[String(layers[0])].n} random directions, 95 %)` });
+  }
+  g.methods.forEach((method, i) => {
+    const cis = (g.intervals && g.intervals[m] && g.intervals[m][i]) || [];
+    const y = g.metrics[m][i];
+    traces.push({
+      x: g.layers, y, mode: "lines+markers", name: method,
+      error_y: { type: "data", symmetric: false, visible: true,
+        array: y.map((v, j) => (cis[j] && v !== null ? cis[j][1] - v : null)),
+        arrayminus: y.map((v, j) => (cis[j] && v !== null ? v - cis[j][0] : null)) },
+    });
+  });
+  Plotly.react(div, traces, {
+    title: { text: `${trait} on ${variant}: ${m} with 95 % intervals, against the null` },
+    xaxis: { title: { text: "layer (output of decoder block L)" }, dtick: 1 },
+    yaxis: { title: { text: m } }, margin: { l: 60 },
+  }, PLOT_CONFIG);
 }
 
 // ---- steering -----------------------------------------------------------------------
