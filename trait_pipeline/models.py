@@ -11,7 +11,6 @@ the demo family (``demo:instruct``, built on first use).
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
