@@ -424,7 +424,7 @@ def test_judge_outage_is_never_a_result(extracted, judge_server, tmp_path):
     # the judge is back: the rerun retries exactly the configs that were not judged
     judge_server.mode = "ok"
     p = cli(S, *common, "coef=[2,4,8]", env=env)
-    assert p.returncode == 0 and "1 of 3 configs already in" in p.stderr + p.stdout, p.stderr[-2000:]
+    assert p.returncode == 0 and "1 config already in results.json" in p.stderr + p.stdout, p.stderr[-2000:]
     runs = json.loads(res.read_text())["runs"]
     assert sorted(r["config"]["vectors"][0]["weight"] for r in runs) == [2.0, 4.0, 8.0]
     assert all(r["result"]["n"] == 2 for r in runs)

@@ -433,14 +433,15 @@ class Steerer:
         from .steering_ops import RowSteering
 
         prompts = [q for _ in range(len(rows) // len(self.questions)) for q in self.questions]
+        lm = self.lm  # load (or fail to load: device, weights) before a progress bar is drawn
         bar = tqdm(total=len(prompts), desc="steer generate", unit="row", file=sys.stderr,
                    leave=False, disable=len(prompts) < 2)
         t0 = time.perf_counter()
         try:
             gens = generate(
-                self.lm, prompts, max_new_tokens=self.s.max_new_tokens,
+                lm, prompts, max_new_tokens=self.s.max_new_tokens,
                 temperature=self.s.temperature, batch_size=self.batch_size, seed=self.s.seed,
-                batch_context=RowSteering(self.lm.model, rows, positions) if any(rows) else None,
+                batch_context=RowSteering(lm.model, rows, positions) if any(rows) else None,
                 progress=bar.update,
             )
         finally:
