@@ -198,7 +198,7 @@ def test_bad_input_on_the_command_line(extracted):
     assert proc.returncode == 2 and "error: bad steer_positions 'prompt'" in proc.stderr
     proc = run_stage("steer", "trait=behavior/sycophancy", experiments=extracted, check=False)
     assert proc.returncode == 2 and "offline judge only knows the demo trait" in proc.stderr
-    # Hydra made the job's run folder; no result (or half a result) was written
+    # no result (or half a result) was written
     assert not list((extracted / "demo").rglob("results.json"))
 
 

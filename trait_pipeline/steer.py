@@ -201,8 +201,14 @@ def precheck(cfg: DictConfig) -> None:
     from .judges import check_judge_config
 
     s = settings(cfg)
-    if check_judge_config(cfg.judge)["kind"] == "none":
+    kind = check_judge_config(cfg.judge)["kind"]
+    if kind == "none":
         raise PipelineError("steering needs a judge, but judge=none; pick judge=offline|openai|local_hf")
+    if kind == "offline":  # cheap to build; model judges are checked in the job (no model here)
+        from .judges import load_trait_spec, make_judge
+
+        make_judge(cfg.judge, cache_dir=Path(cfg.paths.cache)).check_trait(
+            load_trait_spec(s.trait, Path(cfg.paths.datasets)))
     load_questions(s, Path(cfg.paths.datasets))
     vector_paths(layout(cfg), s)
 
