@@ -128,8 +128,11 @@ def preflight(config_name: str, argv: list[str]) -> None:
     from hydra.errors import HydraException
 
     from .config import validate
+    from .judges.readiness import check_judge_ready
     from .layout import CONF_DIR
 
+    # --cfg only prints the config: a missing judge key must not stop it
+    runs = not any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv)
     overrides = [a for a in _overrides(argv) if not a.startswith("hydra/") and not a.startswith("hydra.")]
     try:
         combos = _expand(overrides)
@@ -144,15 +147,19 @@ def preflight(config_name: str, argv: list[str]) -> None:
                 except HydraException as exc:
                     raise PipelineError(_missing_option_message(exc)) from None
                 validate(cfg)
+                if runs:
+                    check_judge_ready(cfg)
     finally:
         GlobalHydra.instance().clear()
 
 
 def _run_task(task: Callable, cfg) -> object:
     from .config import validate
+    from .judges.readiness import check_judge_ready
 
     try:
         validate(cfg)
+        check_judge_ready(cfg)  # before the stage loads any model
         return task(cfg)
     except PipelineError as exc:
         log.error("error: %s", one_line(exc))
