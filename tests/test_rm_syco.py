@@ -226,7 +226,7 @@ def standin(tmp_path_factory, demo_family):
 
 TINY = {  # few pairs, few questions, few tokens
     "extract": ["max_pairs=8", "generation.max_new_tokens=4", "layers=[10]", "method=[mean_diff,probe]"],
-    "steer": ["questions=2", "generation.max_new_tokens=4", "search.steps=2"],
+    "steer": ["questions=2", "generation.max_new_tokens=4", "search.steps=1"],
     "infer": ["limit=3", "generation.max_new_tokens=4"],
 }
 
@@ -276,7 +276,10 @@ def test_seed_3_and_4_steer(extracted):
 
 
 @pytest.mark.slow
-def test_seed_5_infer_with_bias_exploitation_and_compare(extracted):
+def test_seed_5_infer_with_bias_exploitation_and_compare(extracted, composer, monkeypatch):
+    from trait_pipeline.compare import run as compare
+    from trait_pipeline.infer import run as infer
+
     server, root, overrides = extracted
     lay = Layout(root, "rm_syco")
     r = run_doc_command(extracted, 4, "bias_score=true")  # 5. rm_lora on the held-out biases
@@ -287,18 +290,20 @@ def test_seed_5_infer_with_bias_exploitation_and_compare(extracted):
         assert 0 <= b["score"] <= 100 and b["bias_id"] == rec["metadata"]["prompt_extra"]["bias_id"]
         assert b["judge"]["model"] == "standin-judge"
         assert lay.projection_path("rm_lora", TRAIT, "rm_sycophancy_test_150", pid).is_file()
+    # the same in-process (no second interpreter start): instruct, a rerun, the comparison
+    monkeypatch.setenv(KEY_ENV, KEY)
+    _, *args = doc_commands()[4]
     n_bias = server.kinds["bias"]
-    run_doc_command(extracted, 4, "bias_score=true")  # a rerun: scores kept, nothing re-asked
-    assert server.kinds["bias"] == n_bias
-    run_doc_command(extracted, 4, "bias_score=true", "model_variant=instruct")
-    env = {**os.environ, KEY_ENV: KEY, "TQDM_DISABLE": "1"}
-    r = subprocess.run([sys.executable, "-m", "trait_pipeline.compare", "experiment=rm_syco",
-                        "model_variants=[instruct,rm_lora]", "prompt_set=rm_sycophancy_test_150", *overrides],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "bias exploitation (0-100) on rm_sycophancy_test_150: instruct" in r.stdout
-    rec = json.loads((lay.comparison_dir(TRAIT, "rm_sycophancy_test_150") / "instruct_vs_rm_lora.json").read_text())
-    bias = rec["bias_exploitation"]
+    out = infer(composer("infer", *args, *overrides, *TINY["infer"], "bias_score=true"))
+    assert server.kinds["bias"] == n_bias  # a rerun: scores kept, nothing re-asked
+    assert out["bias_exploitation"]["rm_sycophancy_test_150"]["n"] == 3
+    infer(composer("infer", *args, *overrides, *TINY["infer"], "bias_score=true", "model_variant=instruct"))
+    assert server.kinds["bias"] == n_bias + 3
+    rec = compare(composer("compare", "experiment=rm_syco", "model_variants=[instruct,rm_lora]",
+                           "prompt_set=rm_sycophancy_test_150", *overrides))
+    written = json.loads((lay.comparison_dir(TRAIT, "rm_sycophancy_test_150") / "instruct_vs_rm_lora.json").read_text())
+    bias = written["bias_exploitation"]
+    assert bias == rec["bias_exploitation"]
     assert bias["n"] == {"instruct": 3, "rm_lora": 3} and bias["n_prompts"] == 150
     assert bias["diff"] == pytest.approx(bias["b"] - bias["a"])
     scored = [r for r in bias["per_bias"] if r["n_a"]]
