@@ -218,6 +218,7 @@ def standin(tmp_path_factory, demo_family):
         "variants.base.model=demo:base", "variants.instruct.model=demo:instruct",
         "variants.rm_lora.model=demo:instruct", "variants.rm_lora.lora=demo:rm_lora", "dtype=float32",
         f"judge.base_url={server.url}", "judge.model=standin-judge", f"judge.api_key_env={KEY_ENV}",
+        "judge.cache=false",  # every score reaches the server (and nothing lands in the shared cache)
         "layer=10", f"paths.experiments={root}",
     ]
     yield server, root, overrides
