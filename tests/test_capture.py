@@ -92,3 +92,21 @@ def test_peft_model_is_captured_through_the_adapter():
     with torch.no_grad(), rm.model.disable_adapter():
         plain = rm.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
     assert not torch.allclose(got[0, 12], plain[13][0, -1], atol=1e-4)  # the LoRA is active
+
+
+def test_token_norms_are_the_mean_per_token_norm_of_each_window(base):
+    """The steering base coefficient's norm (issue 19): mean over the window of ‖h_t‖, per example."""
+    ids = base.encode(PROMPTS)
+    examples = [Example("pos", i, i, row, prompt_len=len(row) - 4) for i, row in enumerate(ids)]
+    pos = Position.parse("all[:]")
+    norms: dict = {}
+    means = capture_means(base, examples, pos, "residual", batch_size=2, token_norms=norms)
+    got = norms["per_example"]
+    assert got.shape == (3, base.n_layers)
+    for i, e in enumerate(examples):
+        hs = _hidden_states(base, e.ids)
+        for layer in (0, 10, base.n_layers - 2):
+            want = hs[layer + 1][0].norm(dim=-1).mean()
+            assert float(got[i, layer]) == pytest.approx(float(want), rel=1e-4), (i, layer)
+            # the norm of the window mean is smaller: why it is not the base coefficient's norm
+            assert float(means[i, layer].norm()) < float(got[i, layer])

@@ -138,11 +138,12 @@ def test_positions_pass_unquoted():
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["model_variant=nope"], "error: unknown model_variant 'nope'; available: application, base, extraction, instruct, rm_lora"),
+        # any variant name composes (variants are data); the experiment's table decides
+        (["model_variant=nope"], "error: model_variant 'nope' is not defined by experiment 'demo'; it defines: base, instruct, rm_lora"),
         (["experiment=nope"], "error: unknown experiment 'nope'; available: demo, gemma-2-2b, persona_vectors_replication, rm_syco"),
         (["trait=x/y"], "error: unknown trait 'x/y'"),
         (["experiment=gemma-2-2b", "model_variant=rm_lora"], "error: model_variant 'rm_lora' is not defined by experiment 'gemma-2-2b'; it defines: base, instruct"),
-        (["-m", "model_variant=instruct,nope", "layer=10,20"], "error: unknown model_variant 'nope'"),
+        (["-m", "model_variant=instruct,nope", "layer=10,20"], "error: model_variant 'nope' is not defined by experiment 'demo'"),
         (["position=resp[:5]"], "error: bad position 'resp[:5]'"),
         (["component=nope"], "error: unknown component 'nope'"),
     ],

@@ -73,3 +73,25 @@ def test_discovery(lay):
     assert lay.variants("extraction") == ["base", "instruct"]
     assert lay.variants("extraction", "c2/t2") == ["base"]
     assert lay.variants("inference") == ["rm_lora"]
+
+
+def test_experiments_folder_ships_only_its_readme():
+    """A fresh clone has experiments/README.md; everything the stages write there is ignored."""
+    import shutil
+    import subprocess
+
+    from trait_pipeline.layout import PROJECT_ROOT
+
+    if shutil.which("git") is None or not (PROJECT_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    readme = PROJECT_ROOT / "experiments" / "README.md"
+    assert readme.is_file() and "TRAIT_PIPELINE_EXPERIMENTS" in readme.read_text()
+
+    def ignored(rel: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", "--no-index", rel], cwd=PROJECT_ROOT,
+                              check=False, timeout=30).returncode == 0
+
+    assert not ignored("experiments/README.md")
+    for rel in ("experiments/demo/extraction/demo/optimism/base/vectors/x.safetensors",
+                "experiments/other.json", "trait_pipeline/_shipped/conf/x.yaml", "build/lib/x.py"):
+        assert ignored(rel), rel

@@ -600,3 +600,37 @@ def test_dashboard_api_reads_the_migrated_experiment(tmp_path):
     assert res["baseline"]["trait_mean"] == 40.0
     assert res["groups"][0]["layers"] == [1, 2] and res["groups"][0]["delta"] == [[30.0], [55.0]]
     assert "demo" in json.dumps(ok("/api/experiments/gemma_old/inference/instruct"))
+
+
+def test_an_added_variant_is_selectable_by_name(tmp_path, monkeypatch):
+    """``--add-variant cmp=...`` writes a preset entry; ``model_variant=cmp`` then selects it."""
+    root = tmp_path / "experiments" / "gemma_old"
+    build_old_tree(root, "old")
+    project = tmp_path / "project"  # the user's project dir: migrate writes ./conf/experiment/
+    project.mkdir()
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("TRAIT_PIPELINE_PROJECT", raising=False)
+    assert migrate.main(["gemma_old", "--apply", "--experiments", str(tmp_path / "experiments"),
+                         "--add-variant", "cmp=google/gemma-2-9b-it+org/cmp-adapter"]) == 0
+    preset = project / "conf" / "experiment" / "gemma_old.yaml"
+    assert "cmp:" in preset.read_text()
+    assert not list((project / "conf").glob("model_variant/*"))  # no variant file was needed
+    env = {**__import__("os").environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(PROJECT_ROOT)}
+    env.pop("TRAIT_PIPELINE_PROJECT", None)
+
+    def steer(*args):
+        return subprocess.run([sys.executable, "-m", "trait_pipeline.steer", "experiment=gemma_old",
+                               "layer=3", *args], capture_output=True, text=True, check=False,
+                              cwd=project, env=env, timeout=120)
+
+    r = steer("model_variant=cmp", "--cfg", "job")
+    assert r.returncode == 0, r.stderr
+    from omegaconf import OmegaConf
+
+    mv = OmegaConf.create(r.stdout).model_variant
+    assert (mv.name, mv.model, mv.lora, mv.use_chat_template) == (
+        "cmp", "google/gemma-2-9b-it", "org/cmp-adapter", True)
+    r = steer("model_variant=cmpx", "--cfg", "job")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: model_variant 'cmpx' is not defined by experiment 'gemma_old'; "
+        "it defines: base, cmp, instruct")

@@ -46,7 +46,7 @@ def test_object_form_keeps_description_and_digit_string_ids_become_ints(tmp_path
 
 def test_missing_set_names_the_available_ones(tmp_path):
     _write(tmp_path, "one", [{"id": 1, "text": "t"}])
-    with pytest.raises(PipelineError, match=r"unknown prompt set 'nope'.*available: one") as e:
+    with pytest.raises(PipelineError, match=r"unknown prompt set 'nope'.*available: .*one") as e:
         load_prompt_set("nope", tmp_path)
     assert "\n" not in str(e.value)
 
@@ -69,15 +69,19 @@ def test_malformed_files_fail_in_one_line(tmp_path, content, match):
     assert "\n" not in str(e.value)
 
 
-def test_resolve_names_lists_and_all(tmp_path):
+def test_resolve_names_lists_and_all(tmp_path, monkeypatch):
     _write(tmp_path, "b", [{"id": 1, "text": "t"}])
     _write(tmp_path, "a", [{"id": 1, "text": "t"}])
-    assert available_prompt_sets(tmp_path) == ["a", "b"]
-    assert resolve_prompt_sets("all", tmp_path) == ["a", "b"]
+    shipped = tmp_path / "shipped"  # stands in for the package's datasets, searched after ours
+    _write(shipped, "s", [{"id": 1, "text": "t"}])
+    monkeypatch.setattr("trait_pipeline.layout.DATASETS_DIR", shipped)
+    assert available_prompt_sets(tmp_path) == ["a", "b", "s"]
+    assert resolve_prompt_sets("all", tmp_path) == ["a", "b", "s"]
     assert resolve_prompt_sets(["b", "a", "b"], tmp_path) == ["b", "a"]
     with pytest.raises(PipelineError, match="prompt_set is empty"):
         resolve_prompt_sets([], tmp_path)
-    with pytest.raises(PipelineError, match="holds no prompt sets"):
+    monkeypatch.setattr("trait_pipeline.layout.DATASETS_DIR", tmp_path / "none")
+    with pytest.raises(PipelineError, match="no prompt sets in"):
         resolve_prompt_sets("all", tmp_path / "empty")
 
 

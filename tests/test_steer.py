@@ -185,3 +185,19 @@ def test_bad_input_on_the_command_line(extracted):
     assert proc.returncode == 2 and "offline judge only knows the demo trait" in proc.stderr
     # Hydra made the job's run folder; no result (or half a result) was written
     assert not list((extracted / "demo").rglob("results.json"))
+
+
+def test_search_starts_from_the_mean_per_token_norm(extracted):
+    """base_coef = token_norms[L] (mean per-token ‖h‖ over train windows) / ‖v‖, as documented."""
+    from trait_pipeline.vector_store import load_vector
+
+    lay = Layout(extracted, "demo")
+    meta = json.loads((lay.activations_dir("demo/optimism", "base", "response[:5]", "residual")
+                       / "metadata.json").read_text())
+    tok, mean_of_window = meta["token_norms"]["10"], meta["activation_norms"]["10"]
+    assert tok > mean_of_window > 0  # the norm of a window mean is smaller
+    out = steer(extracted, "layer=10", "search.steps=1", "questions=2")
+    vec, _ = load_vector(lay.vector_path("demo/optimism", "base", "response[:5]", "residual",
+                                          "probe", 10))
+    walk = out["searches"][10]
+    assert walk.base_coef == pytest.approx(tok / float(vec.float().norm()), rel=1e-3)

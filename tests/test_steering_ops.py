@@ -12,6 +12,8 @@ from trait_pipeline.steering_ops import (
     LayerBest,
     RowSteering,
     SteeringTerm,
+    _CallInfo,
+    _PositionTracker,
     ablate_direction,
     plan_orthogonal,
     plan_weighted,
@@ -119,3 +121,69 @@ def test_multi_layer_plans():
     assert vecs[20].tolist() == [0.0, 1.0] and float(vecs[20] @ v[10]) == 0.0
     with pytest.raises(PipelineError, match="no layer has a positive"):
         plan_weighted([LayerBest(1, 1.0, -1.0)])
+
+
+# --- positions="response" across generations (one steer() block, several prefills) -----------
+PROMPTS = ["how is it ?", "what do you think about the weather and the market this season ?",
+           "tell me about the project ."]
+
+
+def _calls(tracker, info, calls):
+    """Feed (seq_len, cached_len, uses_cache) calls; return the response columns of each."""
+    out = []
+    for seq_len, past, cached in calls:
+        if info is not None:
+            info.serial += 1
+            info.past, info.cached = past, cached
+        first, width = tracker.columns(seq_len)
+        out.append([c for c in range(first, first + seq_len) if c >= width - 1])
+    return out
+
+
+def test_a_prefill_after_decode_steps_starts_a_new_generation():
+    # generation 1: prompt of 5, two decode steps; generation 2: prompt of 3, one decode step
+    calls = [(5, 0, True), (1, 5, True), (1, 6, True), (3, 0, True), (1, 3, True)]
+    expected = [[4], [5], [6], [2], [3]]
+    info = _CallInfo()
+    assert _calls(_PositionTracker(info), info, calls) == expected
+    # without the model's pre-hook (a sub-module called directly), counting gives the same
+    assert _calls(_PositionTracker(None), None, calls) == expected
+    # prefill-only generations (max_new_tokens=1), the second one column wider than the first
+    info = _CallInfo()
+    assert _calls(_PositionTracker(info), info, [(4, 0, True), (5, 0, True)]) == [[3], [4]]
+
+
+def test_generation_without_a_cache_recomputes_from_column_0():
+    info = _CallInfo()
+    calls = [(4, 0, False), (5, 0, False), (6, 0, False)]
+    assert _calls(_PositionTracker(info), info, calls) == [[3], [3, 4], [3, 4, 5]]
+
+
+def _steered_generation(lm, prompt_lists, terms, positions):
+    """Greedy outputs and every forward call's steered layer-8 output, one steer() block per list."""
+    seen = []
+    outs = []
+    for prompts in prompt_lists:
+        with steer(lm.model, terms, positions):
+            # registered after the steering hook, so it sees the steered output
+            h = component_module(lm.model, 8, "residual").register_forward_hook(
+                lambda m, i, o: seen.append((o[0] if isinstance(o, tuple) else o).detach().clone()))
+            try:
+                outs += generate(lm, prompts, max_new_tokens=6, batch_size=1)
+            finally:
+                h.remove()
+    return outs, seen
+
+
+@pytest.mark.parametrize("positions", ["all", "response"])
+def test_steer_over_sub_batches_equals_per_prompt_runs(lm, direction, positions):
+    """One steer() block over generate's sub-batches == each prompt generated alone (issue 19)."""
+    terms = [SteeringTerm(8, "residual", direction, coef=150.0)]
+    together, acts_together = _steered_generation(lm, [PROMPTS], terms, positions)
+    alone, acts_alone = _steered_generation(lm, [[p] for p in PROMPTS], terms, positions)
+    assert [g.response_ids for g in together] == [g.response_ids for g in alone]
+    assert len(acts_together) == len(acts_alone)
+    for k, (a, b) in enumerate(zip(acts_together, acts_alone)):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5), f"forward call {k}"
+    plain = generate(lm, PROMPTS, max_new_tokens=6, batch_size=1)
+    assert [g.response_ids for g in together] != [g.response_ids for g in plain]  # steering bites

@@ -49,8 +49,8 @@ def usage() -> str:
         "commands:",
         *(f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()),
         "",
-        "`trait-pipeline <command> --help` describes a command; "
-        "`python -m trait_pipeline.<module>` runs the same thing.",
+        ("`trait-pipeline <command> --help` describes a command; "
+         "`python -m trait_pipeline.<module>` runs the same thing."),
     ]
     return "\n".join(lines)
 
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] == "--version":
         print(f"trait-pipeline {__version__}")
         return 0
+    if args[0] in ("-m", "--multirun") and len(args) > 1:  # `trait-pipeline -m steer ...`
+        args = [args[1], args[0], *args[2:]]
     name, rest = args[0], args[1:]
     cmd = COMMANDS.get(name)
     if cmd is None:

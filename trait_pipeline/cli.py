@@ -121,6 +121,49 @@ def _missing_option_message(exc: Exception) -> str:
     return one_line(text)
 
 
+def check_config_dirs() -> None:
+    """``$TRAIT_PIPELINE_PROJECT`` and every dir of ``$TRAIT_PIPELINE_CONFIG_PATH`` (or
+    ``--config-dir``) must exist."""
+    import os
+
+    from .layout import CONFIG_PATH_ENV, PROJECT_ENV, project_dir, user_config_dirs
+
+    if os.environ.get(PROJECT_ENV) and not project_dir().is_dir():
+        raise PipelineError(f"${PROJECT_ENV}={os.environ[PROJECT_ENV]!r} is not a directory; "
+                            "expected your project dir (holding conf/, datasets/, experiments/)")
+    for d in user_config_dirs():
+        if not d.is_dir():
+            raise PipelineError(f"config dir {d} does not exist (from --config-dir or "
+                                f"${CONFIG_PATH_ENV}={os.environ.get(CONFIG_PATH_ENV, '')!r}); "
+                                "expected a directory holding experiment/, model_variant/, ...")
+
+
+def take_config_dirs(argv: list[str]) -> list[str]:
+    """Remove ``--config-dir``/``-cd DIR`` from argv; put DIR first in ``$TRAIT_PIPELINE_CONFIG_PATH``.
+
+    So the early checks and Hydra search the same dirs, in the same order (before the shipped
+    configs; stock Hydra would put it after them, where it could not shadow a shipped preset).
+    """
+    import os
+    from pathlib import Path
+
+    from .layout import CONFIG_PATH_ENV
+
+    dirs, rest, it = [], [], iter(argv)
+    for a in it:
+        if a in ("--config-dir", "-cd"):
+            dirs.append(next(it, ""))
+        elif a.startswith("--config-dir="):
+            dirs.append(a.split("=", 1)[1])
+        else:
+            rest.append(a)
+    if dirs:
+        old = os.environ.get(CONFIG_PATH_ENV, "")
+        new = [str(Path(d).expanduser().resolve()) for d in dirs if d]
+        os.environ[CONFIG_PATH_ENV] = os.pathsep.join([*new, *([old] if old else [])])
+    return rest
+
+
 def preflight(config_name: str, argv: list[str]) -> None:
     """Compose and validate every combination on the command line; raise PipelineError."""
     from hydra import compose, initialize_config_dir
@@ -131,9 +174,12 @@ def preflight(config_name: str, argv: list[str]) -> None:
     from .judges.readiness import check_judge_ready
     from .layout import CONF_DIR
 
+    check_config_dirs()
     # --cfg only prints the config: a missing judge key must not stop it
     runs = not any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv)
-    overrides = [a for a in _overrides(argv) if not a.startswith("hydra/") and not a.startswith("hydra.")]
+    # hydra.* settings cannot make a stage's config fail, except where configs are searched
+    overrides = [a for a in _overrides(argv)
+                 if not a.startswith(("hydra/", "hydra.")) or a.startswith("hydra.searchpath=")]
     try:
         combos = _expand(overrides)
     except HydraException as exc:
@@ -180,7 +226,7 @@ def stage_main(config_name: str) -> Callable[[Callable], Callable[[], None]]:
             from .layout import CONF_DIR
 
             resolvers.register()
-            argv = normalize_argv(sys.argv[1:])
+            argv = normalize_argv(take_config_dirs(sys.argv[1:]))
             if not any(a in _NO_PREFLIGHT_FLAGS for a in argv):
                 try:
                     preflight(config_name, argv)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import PipelineError, one_line
-from .layout import TRAIT_RE, Layout, prompt_set_path, trait_data_dir
+from .layout import TRAIT_RE, Layout, dataset_roots, prompt_set_path, trait_data_dir
 from .positions import PositionError, canonical
 
 COMPONENTS = (
@@ -41,6 +41,12 @@ class VariantSpec:
     use_chat_template: bool = True
     dtype: str = "bfloat16"
     revision: str | None = None
+
+
+def default_use_chat_template(variant: str) -> bool:
+    """A variant uses its tokenizer's chat template unless its table entry says otherwise,
+    except ``base`` (a pretrained model, prompted by raw continuation)."""
+    return variant != "base"
 
 
 def as_list(value: Any) -> list:
@@ -79,7 +85,7 @@ def variant_spec(cfg: DictConfig, name: str | None = None) -> VariantSpec:
             )
         _check_variant_defined(cfg, name, "model variant")
         entry = cfg.variants[name]
-        default_chat = name != "base"
+        default_chat = default_use_chat_template(name)
         return VariantSpec(
             name=name, model=str(entry.model), lora=entry.get("lora"),
             use_chat_template=bool(entry.get("use_chat_template", default_chat)),
@@ -98,13 +104,14 @@ def check_trait_exists(trait: str, datasets_root: Path | None = None) -> None:
     if not isinstance(trait, str) or not TRAIT_RE.match(trait):
         raise PipelineError(f"bad trait {trait!r}: expected category/name, e.g. demo/optimism")
     if not trait_data_dir(trait, datasets_root).is_dir():
-        root = (datasets_root or trait_data_dir("a/b").parents[2]) / "traits"
-        have = sorted(
-            f"{c.name}/{t.name}" for c in root.glob("*") if c.is_dir() for t in c.glob("*") if t.is_dir()
-        )
+        roots = dataset_roots(datasets_root)
+        have = sorted({
+            f"{c.name}/{t.name}" for r in roots for c in (r / "traits").glob("*") if c.is_dir()
+            for t in c.glob("*") if t.is_dir()
+        })
         raise PipelineError(
-            f"unknown trait {trait!r}: no directory datasets/traits/{trait}; "
-            f"available: {', '.join(have) or '(none)'}"
+            f"unknown trait {trait!r}: no directory traits/{trait} in "
+            f"{' or '.join(str(r) for r in roots)}; available: {', '.join(have) or '(none)'}"
         )
 
 
@@ -143,7 +150,8 @@ def validate(cfg: DictConfig) -> None:
     for ps in as_list(cfg.get("prompt_set")):
         if cfg.get("stage") == "infer" and ps != "all" and not prompt_set_path(str(ps), datasets_root).is_file():
             raise PipelineError(
-                f"unknown prompt set {ps!r}: no file datasets/inference/{ps}.json"
+                f"unknown prompt set {ps!r}: no file inference/{ps}.json in "
+                f"{' or '.join(str(r) for r in dataset_roots(datasets_root))}"
             )
 
 

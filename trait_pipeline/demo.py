@@ -33,6 +33,10 @@ STEPS: list[tuple[str, list[str]]] = [
 
 def main(argv: list[str] | None = None) -> int:
     extra = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in extra):
+        print("usage: trait-pipeline demo [overrides passed to every stage]\n")
+        print(__doc__.strip().split("\n", 1)[1].strip())
+        return 0
     t0 = time.time()
     for stage, args in STEPS:
         cmd = [sys.executable, "-m", f"trait_pipeline.{stage}", *args, *extra]

@@ -184,12 +184,11 @@ class DemoFamily:
 # --------------------------------------------------------------------------------------
 # Cache location, locking, entry points
 # --------------------------------------------------------------------------------------
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
 def default_cache_dir() -> Path:
-    env = os.environ.get("TRAIT_PIPELINE_CACHE")
-    return Path(env).expanduser() if env else REPO_ROOT / ".cache"
+    """``$TRAIT_PIPELINE_CACHE``, else a clone's ``.cache/``, else ``~/.cache/trait-pipeline``."""
+    from .layout import default_cache_dir as cache_dir
+
+    return cache_dir()
 
 
 def _is_complete(root: Path) -> bool:

@@ -473,11 +473,15 @@ class Example:
 
 
 def capture_means(lm, examples: list[Example], position: Position, component: str,
-                  batch_size: Any = "auto", progress: Callable[[int], None] | None = None):
+                  batch_size: Any = "auto", progress: Callable[[int], None] | None = None,
+                  token_norms: dict | None = None):
     """Mean activation over each example's window, every layer at once: [n, n_layers, d] float32.
 
     One forward pass per batch with hooks on all layers. Rows are left-padded, so window
     indices move by each row's pad offset. Examples must have non-empty windows.
+    Given a dict, ``token_norms["per_example"]`` receives [n, n_layers]: each example's mean
+    over its window of the per-token norm ‖h_t‖ (what a steering vector is added to; the norm
+    of the window mean is smaller for long windows).
     """
     import inspect
 
@@ -501,7 +505,10 @@ def capture_means(lm, examples: list[Example], position: Position, component: st
 
     def on_output(key, h):
         _, layer = key
-        state["acc"][:, layer] = torch.einsum("bs,bsd->bd", state["w"], h.float())
+        h = h.float()
+        state["acc"][:, layer] = torch.einsum("bs,bsd->bd", state["w"], h)
+        if token_norms is not None:
+            state["tok"][:, layer] = torch.einsum("bs,bs->b", state["w"], h.norm(dim=-1)).cpu()
 
     def run(start: int, end: int) -> None:
         rows = [order[i] for i in range(start, end)]
@@ -514,14 +521,19 @@ def capture_means(lm, examples: list[Example], position: Position, component: st
             w[j, off + lo: off + hi] = 1.0 / (hi - lo)
         state["w"] = w
         state["acc"] = None
+        state["tok"] = torch.zeros(len(rows), n_layers)
         with torch.no_grad(), record(lm.model, range(n_layers), [component], on_output=on_output):
             state["acc"] = _LazyAcc(len(rows), n_layers)
             lm.model(**batch, **extra)
         acc = state["acc"].tensor.cpu()
         for j, i in enumerate(rows):
             out[i] = acc[j]
+            tok[i] = state["tok"][j]
 
+    tok: list = [None] * len(examples)
     batched(len(examples), run, size, progress)
+    if token_norms is not None:
+        token_norms["per_example"] = torch.stack(tok) if tok else torch.zeros(0, n_layers)
     return torch.stack(out) if out else torch.zeros(0, n_layers, 0)
 
 
@@ -613,14 +625,18 @@ def step_activations(job: Job) -> str:
                 "loosen vetting thresholds or pick another position"
             )
     with tqdm(total=len(examples), desc=f"capture {job.component}", unit="ex") as bar:
+        tok_norms: dict = {}
         acts = capture_means(lm, examples, position, job.component,
-                             job.cfg.get("capture_batch_size", "auto"), bar.update)
+                             job.cfg.get("capture_batch_size", "auto"), bar.update, tok_norms)
     index = {id(e): k for k, e in enumerate(examples)}
     tensors = {split: {side: acts[[index[id(e)] for e in rows[split][side]]] if rows[split][side]
                        else torch.zeros(0, acts.shape[1], acts.shape[2])
                        for side in POLARITIES} for split in ("train", "val")}
     train_all = torch.cat([tensors["train"]["pos"], tensors["train"]["neg"]])
     norms = {str(la): round(float(train_all[:, la].norm(dim=-1).mean()), 6) for la in range(acts.shape[1])}
+    train_idx = [index[id(e)] for split in ("train",) for side in POLARITIES for e in rows[split][side]]
+    per_token = tok_norms["per_example"][train_idx]
+    token_norms = {str(la): round(float(per_token[:, la].mean()), 6) for la in range(acts.shape[1])}
     h = hashlib.sha256()
     for split in ("train", "val"):
         for side in POLARITIES:
@@ -639,7 +655,7 @@ def step_activations(job: Job) -> str:
         "rows": {split: {side: [e.idx for e in rows[split][side]] for side in POLARITIES} for split in rows},
         "split": {"val_split": val_split, "seed": seed, "grouped_by": "scenario_idx",
                   "val_scenarios": sorted(val_scen)},
-        "skipped": skipped, "vetting": vet_info, "activation_norms": norms,
+        "skipped": skipped, "vetting": vet_info, "activation_norms": norms, "token_norms": token_norms,
         "content_digest": content, "inputs": inputs, "config": _config_path(), "timestamp": _now(),
     })
     return "ran"

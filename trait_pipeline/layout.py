@@ -25,6 +25,7 @@ name of a position (:mod:`trait_pipeline.positions`).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,20 @@ from pathlib import Path
 from .positions import Position, position_dirname
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The source checkout (a clone, installed editable or not at all). In an installed wheel this is
+# site-packages: nothing should be read from or written to it there; see project_dir().
 PROJECT_ROOT = PACKAGE_DIR.parent
-CONF_DIR = PROJECT_ROOT / "conf"
-DATASETS_DIR = PROJECT_ROOT / "datasets"
-DEFAULT_EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+# A wheel carries the repository's top-level conf/ and datasets/ here (setup.py copies them at
+# build time); a clone has no such folder and reads the top-level ones directly.
+SHIPPED_DIR = PACKAGE_DIR / "_shipped"
+IS_INSTALLED_WHEEL = SHIPPED_DIR.is_dir()
+CONF_DIR = (SHIPPED_DIR if IS_INSTALLED_WHEEL else PROJECT_ROOT) / "conf"  # the shipped configs
+DATASETS_DIR = (SHIPPED_DIR if IS_INSTALLED_WHEEL else PROJECT_ROOT) / "datasets"  # shipped data
+
+PROJECT_ENV = "TRAIT_PIPELINE_PROJECT"  # the user's project dir (default: the working directory)
+CONFIG_PATH_ENV = "TRAIT_PIPELINE_CONFIG_PATH"  # more config dirs, searched first (os.pathsep)
+EXPERIMENTS_ENV = "TRAIT_PIPELINE_EXPERIMENTS"
+CACHE_ENV = "TRAIT_PIPELINE_CACHE"
 
 TRAIT_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]*$")
@@ -59,18 +70,103 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+# -- where a user's configs, data, outputs and caches are ------------------------------------
+def project_dir() -> Path:
+    """The user's project directory: ``$TRAIT_PIPELINE_PROJECT``, else the working directory.
+
+    It may hold ``conf/`` (presets, variants, judges: found before the shipped ones),
+    ``datasets/`` (traits and prompt sets: likewise) and receives ``experiments/``.
+    """
+    env = os.environ.get(PROJECT_ENV)
+    return Path(env).expanduser().resolve() if env else Path.cwd().resolve()
+
+
+def user_config_dirs() -> list[Path]:
+    """Config dirs searched before the shipped ``conf/``, first wins.
+
+    ``$TRAIT_PIPELINE_CONFIG_PATH`` entries (missing ones included, so a typo can be reported),
+    then ``<project>/conf`` when it exists. The shipped conf dir itself is never listed (a clone
+    run from its root has project conf == shipped conf).
+    """
+    dirs = [Path(p).expanduser().resolve()
+            for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p.strip()]
+    own = project_dir() / "conf"
+    if own.is_dir():
+        dirs.append(own)
+    out: list[Path] = []
+    for d in dirs:
+        if d != CONF_DIR.resolve() and d not in out:
+            out.append(d)
+    return out
+
+
+def config_dirs() -> list[Path]:
+    """Every config dir, in search order: the user's, then the shipped one."""
+    return [*user_config_dirs(), CONF_DIR]
+
+
+def default_experiments_dir() -> Path:
+    """``$TRAIT_PIPELINE_EXPERIMENTS``, else ``<project>/experiments``."""
+    env = os.environ.get(EXPERIMENTS_ENV)
+    return Path(env).expanduser() if env else project_dir() / "experiments"
+
+
+def default_cache_dir() -> Path:
+    """``$TRAIT_PIPELINE_CACHE``; else ``.cache/`` of a clone; else ``~/.cache/trait-pipeline``.
+
+    An installed wheel never writes next to its code (site-packages): the demo family and the
+    judge cache are per user there (``$XDG_CACHE_HOME/trait-pipeline`` when that is set).
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    if not IS_INSTALLED_WHEEL:
+        return PROJECT_ROOT / ".cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "trait-pipeline"
+
+
+def __getattr__(name: str) -> Path:
+    # older name, still imported by some modules: the project's experiments dir, computed when
+    # asked for (it depends on the working directory and the environment)
+    if name == "DEFAULT_EXPERIMENTS_DIR":
+        return project_dir() / "experiments"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def datasets_dir() -> Path:
+    """The shipped datasets (see :func:`dataset_roots` for the search order)."""
     return DATASETS_DIR
 
 
+def dataset_roots(root: Path | None = None) -> list[Path]:
+    """Where datasets are looked up, first match wins.
+
+    ``root`` (a stage passes its ``paths.datasets``; default ``<project>/datasets``), then the
+    shipped datasets, which so stay available next to a user's own.
+    """
+    first = Path(root) if root is not None else project_dir() / "datasets"
+    roots = [first]
+    if first.resolve() != DATASETS_DIR.resolve():
+        roots.append(DATASETS_DIR)
+    return roots
+
+
 def trait_data_dir(trait: str, root: Path | None = None) -> Path:
-    """``datasets/traits/{category}/{name}``."""
-    return (root or DATASETS_DIR) / "traits" / check_trait(trait)
+    """``datasets/traits/{category}/{name}`` of the first dataset root that has it.
+
+    When none has it: the path under the first root (callers report it missing).
+    """
+    rel = Path("traits") / check_trait(trait)
+    roots = dataset_roots(root)
+    return next((r / rel for r in roots if (r / rel).is_dir()), roots[0] / rel)
 
 
 def prompt_set_path(prompt_set: str, root: Path | None = None) -> Path:
-    """``datasets/inference/{prompt_set}.json``."""
-    return (root or DATASETS_DIR) / "inference" / f"{check_name('prompt set', prompt_set)}.json"
+    """``datasets/inference/{prompt_set}.json`` of the first dataset root that has it."""
+    rel = Path("inference") / f"{check_name('prompt set', prompt_set)}.json"
+    roots = dataset_roots(root)
+    return next((r / rel for r in roots if (r / rel).is_file()), roots[0] / rel)
 
 
 def layer_file(layer: int) -> str:

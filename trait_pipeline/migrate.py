@@ -48,14 +48,14 @@ from pathlib import Path
 from .errors import PipelineError, one_line
 from .jsonio import read_json, write_json
 from .layout import (
-    CONF_DIR,
-    DEFAULT_EXPERIMENTS_DIR,
     NAME_RE,
     SCHEMA_VERSION,
     STEERING_PROMPT_SET,
     TRAIT_RE,
     Layout,
     LayoutError,
+    default_experiments_dir,
+    project_dir,
 )
 from .positions import PositionError, canonical
 
@@ -70,7 +70,9 @@ _TRAIT_CHILDREN = ("responses", "vetting", "val_responses", "logit_lens.json", "
 class Options:
     """What the user can say on the command line beyond the experiment."""
 
-    conf_dir: Path = CONF_DIR  # the preset goes to {conf_dir}/experiment/{name}.yaml
+    # the preset goes to {conf_dir}/experiment/{name}.yaml: the user's project conf/, which
+    # the stages search before the shipped configs (in a clone run from its root, the same dir)
+    conf_dir: Path = field(default_factory=lambda: project_dir() / "conf")
     write_preset: bool = True
     model_slugs: dict[str, str] = field(default_factory=dict)  # inference/models/{slug} -> variant
     add_variants: dict[str, dict] = field(default_factory=dict)  # name -> {model, lora, use_chat_template}
@@ -568,7 +570,7 @@ def resolve_experiment(target: str, experiments: Path | None = None) -> Path:
     if as_path.is_dir():
         root = as_path.resolve()
     else:
-        base = experiments or Path(os.environ.get("TRAIT_PIPELINE_EXPERIMENTS", DEFAULT_EXPERIMENTS_DIR))
+        base = experiments or default_experiments_dir()
         root = (Path(base) / target).resolve()
         if not root.is_dir():
             raise PipelineError(f"no experiment {target!r}: neither a directory nor {root}")
@@ -993,8 +995,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     ap.add_argument("--apply", action="store_true", help="carry out the plan (default: print it)")
     ap.add_argument("--experiments", type=Path, default=None,
                     help="experiments directory for a name (default: $TRAIT_PIPELINE_EXPERIMENTS or ./experiments)")
-    ap.add_argument("--conf-dir", type=Path, default=CONF_DIR,
-                    help="config root; the preset goes to CONF_DIR/experiment/NAME.yaml")
+    ap.add_argument("--conf-dir", type=Path, default=None,
+                    help="config root; the preset goes to CONF_DIR/experiment/NAME.yaml "
+                         "(default: ./conf of the project, $TRAIT_PIPELINE_PROJECT or here)")
     ap.add_argument("--no-preset", action="store_true", help="do not write the experiment preset")
     ap.add_argument("--model-slug", action="append", default=[], metavar="SLUG=VARIANT",
                     help="variant of the comparison model in inference/models/SLUG")
@@ -1015,7 +1018,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         except PositionError as exc:
             raise PipelineError(f"--steering-position: {exc}") from None
     opts = Options(
-        conf_dir=args.conf_dir, write_preset=not args.no_preset,
+        conf_dir=args.conf_dir or project_dir() / "conf", write_preset=not args.no_preset,
         model_slugs=_pairs(args.model_slug, "--model-slug"), add_variants=_add_variants(args.add_variant),
         extraction_variant=args.extraction_variant, application_variant=args.application_variant,
         steering_position=args.steering_position, set_suffix=_pairs(args.set_suffix, "--set-suffix"),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PipelineError
-from .layout import NAME_RE, LayoutError, datasets_dir, prompt_set_path
+from .layout import NAME_RE, LayoutError, dataset_roots, prompt_set_path
 
 _KNOWN_KEYS = ("id", "text", "prompt", "note")
 
@@ -47,9 +47,9 @@ class PromptSet:
 
 
 def available_prompt_sets(root: Path | None = None) -> list[str]:
-    """Names of the files under ``datasets/inference/`` (sorted)."""
-    folder = prompt_set_path("x", root).parent
-    return sorted(p.stem for p in folder.glob("*.json") if NAME_RE.match(p.stem))
+    """Names of the files under ``datasets/inference/`` of every dataset root (sorted)."""
+    return sorted({p.stem for r in dataset_roots(root) for p in (r / "inference").glob("*.json")
+                   if NAME_RE.match(p.stem)})
 
 
 def _prompt_id(value: Any, where: str) -> int | str:
@@ -134,7 +134,7 @@ def resolve_prompt_sets(value: Any, root: Path | None = None) -> list[str]:
     if "all" in names:
         found = available_prompt_sets(root)
         if not found:
-            folder = (root or datasets_dir()) / "inference"
-            raise PipelineError(f"prompt_set=all but {folder} holds no prompt sets")
+            folders = ", ".join(str(r / "inference") for r in dataset_roots(root))
+            raise PipelineError(f"prompt_set=all but no prompt sets in {folders}")
         return found
     return list(dict.fromkeys(names))

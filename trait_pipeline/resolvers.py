@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .layout import PROJECT_ROOT, Layout
+from .layout import Layout, default_cache_dir, project_dir
 from .positions import position_dirname
 
 
@@ -61,7 +61,9 @@ def _sweeps_dir(experiments: str, experiment: str, stage: str) -> str:
 
 
 _RESOLVERS = {
-    "tp.root": lambda: str(PROJECT_ROOT),
+    "tp.project": lambda: str(project_dir()),  # $TRAIT_PIPELINE_PROJECT or the working dir
+    "tp.root": lambda: str(project_dir()),  # older name of tp.project
+    "tp.cache": lambda: str(default_cache_dir()),
     "tp.posdir": position_dirname,
     "tp.run_id": _run_id,
     "tp.extraction_dir": _extraction_dir,

@@ -33,7 +33,7 @@ from urllib.parse import unquote
 
 from .dashboard_api import Dashboard, NotFound, list_experiments
 from .errors import PipelineError, one_line
-from .layout import DEFAULT_EXPERIMENTS_DIR, LayoutError
+from .layout import LayoutError, default_experiments_dir
 from .positions import PositionError
 from .steering_summary import DEFAULT_MIN_COHERENCE
 
@@ -202,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trait_pipeline.serve",
                                      description="Dashboard over an experiments directory.")
     parser.add_argument("experiments", nargs="?", type=Path,
-                        default=Path(os.environ.get("TRAIT_PIPELINE_EXPERIMENTS",
-                                                    DEFAULT_EXPERIMENTS_DIR)),
+                        default=default_experiments_dir(),
                         help="experiments directory (default: $TRAIT_PIPELINE_EXPERIMENTS "
                              "or ./experiments)")
     parser.add_argument("--host", default="127.0.0.1")

@@ -482,8 +482,13 @@ class Steerer:
 
 
 def base_coefs(steerer: Steerer, cfg: DictConfig) -> tuple[dict[int, float], str]:
-    """``activation norm / ‖v‖`` per layer: norms from the extraction's activations metadata
-    when it has them, else estimated on the steered model (last prompt token, 3 questions)."""
+    """``mean per-token ‖h‖ / ‖v‖`` per layer: the norm of what steering adds to.
+
+    Norms come from the extraction's activations metadata (``token_norms``: the mean over
+    training examples of each window's mean per-token norm) when it has them, else are
+    estimated on the steered model (last prompt token, 3 questions). Older extractions that
+    only recorded ``activation_norms`` (the norm of each window's MEAN, smaller for long
+    windows) are re-estimated rather than used, so every search starts on the same scale."""
     s = steerer.s
     norms = _extraction_norms(steerer.layout, s)
     source = "extraction"
@@ -499,7 +504,7 @@ def base_coefs(steerer: Steerer, cfg: DictConfig) -> tuple[dict[int, float], str
 
 
 def _extraction_norms(lay: Layout, s: SteerSettings) -> dict[int, float]:
-    """Per-layer mean activation norms from ``activations/.../metadata.json`` (if recorded)."""
+    """Per-layer mean per-token norms from ``activations/.../metadata.json`` (if recorded)."""
     from .jsonio import read_json
 
     path = lay.activations_dir(s.trait, s.vector_variant, s.position, s.component) / "metadata.json"
@@ -509,17 +514,13 @@ def _extraction_norms(lay: Layout, s: SteerSettings) -> dict[int, float]:
         meta = read_json(path)
     except PipelineError:
         return {}
-    for key in ("activation_norms", "layer_norms", "norms", "mean_norms"):
-        value = meta.get(key) if isinstance(meta, dict) else None
-        if isinstance(value, dict):
-            value = value.get("mean", value) if "mean" in value else value
-            try:
-                return {int(k): float(v) for k, v in value.items() if v is not None}
-            except (TypeError, ValueError):
-                continue
-        if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
-            return {i: float(v) for i, v in enumerate(value)}
-    return {}
+    value = meta.get("token_norms") if isinstance(meta, dict) else None
+    if not isinstance(value, dict):
+        return {}
+    try:
+        return {int(k): float(v) for k, v in value.items() if v is not None}
+    except (TypeError, ValueError):
+        return {}
 
 
 def estimate_activation_norms(lm, questions: list[str], layers: list[int], component: str) -> dict[int, float]:

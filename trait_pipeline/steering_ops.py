@@ -17,8 +17,10 @@ Positions: ``all`` steers every position of every forward pass (prompt, padding,
 decode step). ``response`` steers only the positions that produce response tokens: the
 last prompt token and every generated token. The last prompt token is included on purpose,
 else the first response token would be unsteered (an off-by-one other tools have shipped).
-Positions are tracked by counting columns across forward calls, not by absolute indices
-into the input, because with a KV cache each decode step is a length-1 input.
+Positions are tracked per generation from what the model's forward call says about its KV
+cache (a pre-hook reads the cached length), not by absolute indices into the input: with a
+cache each decode step is a length-1 input, and one ``steer()`` block may span several
+generations of different prompt widths (sub-batches), each tracked from its own prefill.
 """
 
 from __future__ import annotations
@@ -102,29 +104,88 @@ class _SiteOps:
         return self._placed[key]
 
 
+@dataclass
+class _CallInfo:
+    """What the model's own forward call says about the columns it feeds (set by a pre-hook).
+
+    ``past`` is the number of tokens already in the KV cache, ``cached`` whether a cache is in
+    use at all. ``serial`` counts forward calls, so a site hook knows the info is for its call.
+    """
+
+    serial: int = 0
+    past: int = 0
+    cached: bool = False
+
+
 class _PositionTracker:
     """Which columns of the current forward call produce response tokens.
 
-    The first call of a generation is the prefill over the padded prompt (width ``P``);
-    every later length-1 call is decode step ``P, P+1, ...``. A later call longer than one
-    token is a full recompute (generation without a KV cache) starting again at column 0.
+    A generation is a prefill over the padded prompt (width ``P``), then length-1 decode steps
+    at columns ``P, P+1, ...``. The tracker starts a new generation whenever the KV cache is
+    empty at a call that uses one: one ``steer()`` block often spans several generations
+    (``generate`` splits a prompt list into sub-batches), and each has its own ``P``.
+    Without a cache, every step recomputes the whole sequence from column 0; a call exactly one
+    token longer than the previous one is read as such a recompute of the same generation.
+    When the model's pre-hook did not see the call (a sub-module called directly), columns
+    are counted instead, and a multi-token call after decode steps starts a new generation.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, info: _CallInfo | None = None) -> None:
+        self.info = info
+        self._serial = -1
         self.prompt_width: int | None = None
         self.seen = 0
+        self.decoding = False
+
+    def _start(self, seq_len: int) -> int:
+        self.prompt_width = seq_len
+        self.decoding = False
+        return 0
 
     def columns(self, seq_len: int) -> tuple[int, int]:
-        """(first column, prompt width) of the call; updates the count."""
-        if self.prompt_width is None:
-            self.prompt_width = seq_len
-            first = 0
+        """(first column, prompt width) of the call; updates the state."""
+        info = self.info
+        if info is not None and info.serial != self._serial:
+            self._serial = info.serial
+            if info.past > 0 and self.prompt_width is not None:
+                first = info.past
+            elif info.cached or self.prompt_width is None or seq_len != self.seen + 1:
+                first = self._start(seq_len)
+            else:  # no cache: the same generation recomputed one token longer
+                first = 0
+        elif self.prompt_width is None or (seq_len > 1 and self.decoding):
+            first = self._start(seq_len)
         elif seq_len == 1:
             first = self.seen
+            self.decoding = True
         else:
             first = 0
         self.seen = first + seq_len
         return first, self.prompt_width
+
+
+def _past_length(kwargs: dict) -> tuple[int, bool]:
+    """(tokens already cached, whether a cache is used) from a causal LM's forward kwargs.
+
+    transformers v5 names the cache ``cache``; older versions ``past_key_values``.
+    """
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is None:
+        return 0, bool(kwargs.get("use_cache"))
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length()), True
+    try:  # legacy tuple of (key, value) per layer: [batch, heads, seq, dim]
+        return int(cache[0][0].shape[-2]), True
+    except (IndexError, TypeError, AttributeError):
+        return 0, True
+
+
+def _call_info_hook(info: _CallInfo):
+    def pre_hook(_module, _args, kwargs):
+        info.serial += 1
+        info.past, info.cached = _past_length(kwargs)
+
+    return pre_hook
 
 
 def _apply(out: torch.Tensor, ops: _SiteOps, positions: str, tracker: _PositionTracker) -> torch.Tensor:
@@ -147,8 +208,8 @@ def _apply(out: torch.Tensor, ops: _SiteOps, positions: str, tracker: _PositionT
     return new
 
 
-def _hook(ops: _SiteOps, positions: str):
-    tracker = _PositionTracker()
+def _hook(ops: _SiteOps, positions: str, info: _CallInfo | None = None):
+    tracker = _PositionTracker(info)
 
     def hook(_module, _inputs, output):
         if isinstance(output, tuple):
@@ -194,10 +255,13 @@ def _site_ops(rows: Sequence[Sequence[SteeringTerm]]) -> dict[tuple[int, str], _
 @contextmanager
 def _hooks(model: nn.Module, ops: dict[tuple[int, str], _SiteOps], positions: str) -> Iterator[None]:
     handles = []
+    info = _CallInfo() if positions == "response" else None
     try:
+        if info is not None:
+            handles.append(model.register_forward_pre_hook(_call_info_hook(info), with_kwargs=True))
         for (layer, component), site_ops in sorted(ops.items()):
             mod = component_module(model, layer, component)
-            handles.append(mod.register_forward_hook(_hook(site_ops, positions)))
+            handles.append(mod.register_forward_hook(_hook(site_ops, positions, info)))
         yield
     finally:
         for h in handles:

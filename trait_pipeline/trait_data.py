@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .config import check_trait_exists
 from .errors import PipelineError
-from .layout import DATASETS_DIR, NAME_RE, trait_data_dir
+from .layout import NAME_RE, dataset_roots, trait_data_dir
 
 POLARITIES = ("positive", "negative")
 
@@ -199,14 +199,15 @@ def load_steering_questions(trait: str, datasets_root: Path | None = None) -> li
 
 def discover_traits(category: str | None = None, datasets_root: Path | None = None) -> list[str]:
     """Traits (``category/name``) that have positive and negative scenario files, sorted."""
-    root = (datasets_root or DATASETS_DIR) / "traits"
-    if not root.is_dir():
-        return []
-    found = []
-    for cat in sorted(p for p in root.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
-        if category is not None and cat.name != category:
+    found: set[str] = set()
+    for base in dataset_roots(datasets_root):  # the user's datasets, then the shipped ones
+        root = base / "traits"
+        if not root.is_dir():
             continue
-        for folder in sorted(p for p in cat.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
-            if all(_scenario_file(folder, pol) for pol in POLARITIES):
-                found.append(f"{cat.name}/{folder.name}")
-    return found
+        for cat in (p for p in root.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
+            if category is not None and cat.name != category:
+                continue
+            for folder in (p for p in cat.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
+                if all(_scenario_file(folder, pol) for pol in POLARITIES):
+                    found.add(f"{cat.name}/{folder.name}")
+    return sorted(found)

@@ -19,7 +19,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-_INTEGER = re.compile(r"^[0-9]{1,3}$")
+# "0", or 1-3 digits without a leading zero: "05" and "000" are not how a judge writes a score
+_INTEGER = re.compile(r"^(?:0|[1-9][0-9]{0,2})$")
 # word-start markers of sentencepiece (▁) and byte-level BPE (Ġ) vocabularies
 _WORD_MARKERS = "\u2581\u0120"
 
@@ -43,6 +44,8 @@ def integer_value(token: str) -> int | None:
 
     >>> integer_value(" 85"), integer_value("\u2581100"), integer_value("101"), integer_value("8.5")
     (85, 100, None, None)
+    >>> integer_value("0"), integer_value("05"), integer_value("000")
+    (0, None, None)
     """
     text = token.strip().strip(_WORD_MARKERS).strip()
     if not _INTEGER.match(text):
