@@ -24,6 +24,7 @@ run() {  # run NAME CMD...: keep going when one benchmark fails, report at the e
   run sweep "$PY" bench/bench_sweep.py
   if [ -z "${NO_PEERS:-}" ]; then run extraction_math "$PY" bench/bench_extraction_math.py; fi
   run cli "$PY" bench/bench_cli.py --importtime
+  run chat "$PY" bench/bench_chat.py --json bench/results/chat.json
   [ -f bench/bench_infer_memory.py ] && run infer_memory "$PY" bench/bench_infer_memory.py --json bench/results/infer_memory.json
   if [ -f bench/bench_slurm_submit.py ]; then
     if command -v sbatch >/dev/null; then run slurm_submit "$PY" bench/bench_slurm_submit.py

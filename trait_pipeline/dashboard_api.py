@@ -298,6 +298,7 @@ class Dashboard:
             "response_file": rpath.relative_to(self.root).as_posix() if resp else None,
             "series": series, "tokens": tokens,
             "token_norms": proj.get("token_norms"), "activation_norms": proj.get("activation_norms"),
+            "massive": proj.get("massive"),  # massive dims' values, to toggle cleaning
             "text": {ph: (resp.get(ph) or {}).get("text") for ph in ("prompt", "response")},
             "metadata": {**(proj.get("metadata") or {}), "response": resp.get("metadata")},
         }

@@ -17,6 +17,11 @@ From config to files, for each prompt set (``datasets/inference/{set}.json``):
    the best one (:mod:`.best_vector`) or ``layer``/``method``; one JSON per prompt under
    ``projections/{trait}/{set}/{id}.json`` (:mod:`.projection` does the arithmetic).
 
+0. **calibrate** (``massive.calibrate=true``): mean ``|h|`` per dimension and layer over a
+   prompt set; the outsized dimensions and the criterion go to
+   ``inference/{variant}/massive_activations/{set}.json`` (:mod:`.monitoring.massive_dims`).
+   With a calibration on disk, projection files keep the massive dims' per-token values,
+   and ``clean=massive`` leaves those dims out of the projections (recorded as ``clean``).
 3. **bias exploitation** (``bias_score=true``, prompt sets whose prompts carry
    ``bias_description``, e.g. ``rm_sycophancy_test_150``): the judge scores each response
    0-100 for exploiting the reward-model bias its prompt names; the score is stored in the
@@ -260,9 +265,24 @@ _SAME_VECTOR_KEYS = ("model_variant", "layer", "method", "component", "position"
                      "baseline")
 
 
+@dataclass(frozen=True)
+class Cleaning:
+    """``clean`` and the calibration behind it (None when the variant has none)."""
+
+    mode: str = "none"
+    calibration: dict | None = None
+    path: str | None = None  # of the calibration, relative to the experiment
+
+    @property
+    def dims(self) -> list[int]:
+        return [int(d) for d in (self.calibration or {}).get("dims", [])]
+
+
 def project_file(lay: Layout, variant: str, prompt_set: str, prompt_id, vec: LoadedVector,
-                 centered: bool, replayed_from: str | None = None) -> dict:
+                 centered: bool, replayed_from: str | None = None,
+                 cleaning: Cleaning | None = None) -> dict:
     """Project one captured prompt onto ``vec``; returns the projection record (not written)."""
+    from .monitoring.massive_dims import massive_record
     from .projection import mean, project_tokens
     from .vector_store import load_tensors
 
@@ -275,8 +295,10 @@ def project_file(lay: Layout, variant: str, prompt_set: str, prompt_id, vec: Loa
             f"rerun with capture_components=[...,{comp}] force=true"
         )
     out = {"schema_version": SCHEMA_VERSION}
+    cleaning = cleaning or Cleaning()
+    drop = cleaning.dims if cleaning.mode == "massive" else None
     phases = {ph: project_tokens(tensors[f"{ph}.{comp}"], vec.vector, layer,
-                                 baseline=vec.baseline if centered else None)
+                                 baseline=vec.baseline if centered else None, exclude_dims=drop)
               for ph in ("prompt", "response")}
     out["metadata"] = {
         "prompt_id": prompt_id, "prompt_set": prompt_set, "model_variant": variant,
@@ -285,8 +307,14 @@ def project_file(lay: Layout, variant: str, prompt_set: str, prompt_id, vec: Loa
         "n_response_tokens": len(phases["response"].projections),
         "vector_source": vec.source(lay, centered),
         "raw": raw.relative_to(lay.root).as_posix(),
+        "clean": cleaning.mode,
+        "massive_dims": cleaning.dims if cleaning.calibration is not None else None,
         "projection_date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if cleaning.calibration is not None:  # lets a reader clean or un-clean without the raw file
+        out["massive"] = massive_record(
+            {ph: tensors[f"{ph}.{comp}"] for ph in ("prompt", "response")}, layer, vec.vector,
+            cleaning.dims, cleaning.path, cleaning.calibration.get("criterion"))
     out["projections"] = {ph: p.projections for ph, p in phases.items()}
     out["token_norms"] = {ph: p.token_norms for ph, p in phases.items()}
     out["activation_norms"] = {ph: p.activation_norms for ph, p in phases.items()}
@@ -294,14 +322,54 @@ def project_file(lay: Layout, variant: str, prompt_set: str, prompt_id, vec: Loa
     return out
 
 
-def _up_to_date(path: Path, source: dict) -> bool:
+def _up_to_date(path: Path, source: dict, cleaning: Cleaning | None = None) -> bool:
     if not path.is_file():
         return False
+    cleaning = cleaning or Cleaning()
     try:
-        old = read_json(path)["metadata"]["vector_source"]
+        meta = read_json(path)["metadata"]
+        old = meta["vector_source"]
     except (PipelineError, KeyError, TypeError):
         return False
+    dims = cleaning.dims if cleaning.calibration is not None else None
+    if meta.get("clean", "none") != cleaning.mode or meta.get("massive_dims") != dims:
+        return False
     return all(old.get(k) == source.get(k) for k in _SAME_VECTOR_KEYS)
+
+
+def _calibration_set(cfg: DictConfig, sets: list[PromptSet]) -> str | None:
+    massive = cfg.get("massive") or {}
+    name = massive.get("prompt_set")
+    if name not in (None, "", "null"):
+        return str(name)
+    return sets[0].name if sets else None
+
+
+def _criterion(cfg: DictConfig):
+    from .monitoring.massive_dims import Criterion
+
+    m = cfg.get("massive") or {}
+    return Criterion(top_k=int(m.get("top_k", 5)), min_layers=int(m.get("min_layers", 3)),
+                     min_ratio=float(m.get("min_ratio", 10.0)))
+
+
+def calibrate_variant(lm, lay: Layout, spec: VariantSpec, cfg: DictConfig, prompt_set: PromptSet,
+                      limit: int = 0) -> Path:
+    """The calibration step: write ``massive_activations/{set}.json`` for ``spec``."""
+    from .monitoring.massive_dims import calibrate, calibration_record
+
+    prompts = list(prompt_set.limited(limit))
+    ids = lm.encode([lm.format_prompt(p.text) for p in prompts])
+    criterion = _criterion(cfg)
+    found = calibrate(lm, ids, criterion)
+    path = lay.massive_activations_path(spec.name, prompt_set.name)
+    write_json(path, calibration_record(
+        found, criterion, experiment=str(cfg.experiment), variant=spec.name, model=spec.model,
+        lora=spec.lora, prompt_set=prompt_set.name, layer_convention=_layer_convention()))
+    big = ", ".join(f"{d} ({found['layers_per_dim'][str(d)]} layers)" for d in found["dims"])
+    print(f"massive dims | {spec.name} | {prompt_set.name}: {big or 'none'} "
+          f"[{criterion.describe()}; {found['n_tokens']} tokens]")
+    return path
 
 
 # --------------------------------------------------------------------------------------
@@ -458,7 +526,27 @@ def run(cfg: DictConfig) -> dict:
         log.info("vector for %s", v.choice.describe())
     components = _capture_components(cfg, vectors)
 
+    from .monitoring.massive_dims import check_clean, load_calibration
+
+    clean = check_clean(str(cfg.get("clean") or "none"))
+    massive = cfg.get("massive") or {}
+    calib_set = _calibration_set(cfg, sets)
+    calib_path = lay.massive_activations_path(spec.name, calib_set) if calib_set else None
     lm = None
+    if massive.get("calibrate") and calib_set:
+        _criterion(cfg)  # a bad criterion fails before the model loads
+        calib_ps = load_prompt_set(calib_set, datasets_root)
+        if force or not calib_path.is_file():
+            from .models import load_variant
+
+            lm = load_variant(spec, str(cfg.device))
+            calibrate_variant(lm, lay, spec, cfg, calib_ps)
+    if clean == "massive" or (calib_path is not None and calib_path.is_file()):
+        data, path = load_calibration(lay, spec.name, calib_set or "")
+        cleaning = Cleaning(clean, data, path.relative_to(lay.root).as_posix())
+    else:
+        cleaning = Cleaning(clean)
+
     summary: dict = {}
     for ps in sets:
         prompts = list(ps.limited(limit))
@@ -490,10 +578,12 @@ def run(cfg: DictConfig) -> dict:
             means = []
             for p in prompts:
                 path = lay.projection_path(spec.name, vec.choice.trait, ps.name, p.id, replay)
-                if p.id not in fresh and not force and _up_to_date(path, vec.source(lay, centered)):
+                if p.id not in fresh and not force and _up_to_date(
+                        path, vec.source(lay, centered), cleaning):
                     rec = read_json(path)
                 else:
-                    rec = project_file(lay, spec.name, ps.name, p.id, vec, centered, replay)
+                    rec = project_file(lay, spec.name, ps.name, p.id, vec, centered, replay,
+                                       cleaning)
                     write_json(path, rec)
                 if rec["summary"]["response_mean"] is not None:
                     means.append(rec["summary"]["response_mean"])

@@ -12,6 +12,7 @@ resolvers) asks this module for paths; nothing rebuilds a template by hand.
       inference/{variant}/raw/{prompt_set}/{id}.safetensors  responses/{prompt_set}/{id}.json
                           projections/{trait}/{prompt_set}/{id}.json
                           replay/{source}/{raw,responses,projections}/...   (source's tokens)
+                          massive_activations/{prompt_set}.json   chat/{chat_id}.json
       inference/_compare/{trait}/{prompt_set}/{a}_vs_{b}.{json,png}
       sweeps/{stage}/{timestamp}/           (variant-neutral: multirun.yaml, submitit logs)
 
@@ -334,6 +335,18 @@ class Layout:
     def massive_activations_dir(self, variant: str) -> Path:
         """``inference/{variant}/massive_activations``: ``{prompt_set}.json`` calibration stats."""
         return self.inference_dir(variant) / "massive_activations"
+
+    def massive_activations_path(self, variant: str, prompt_set: str) -> Path:
+        """The calibration of ``variant``'s massive dims over one prompt set."""
+        return (self.massive_activations_dir(variant)
+                / f"{check_name('prompt set', prompt_set)}.json")
+
+    def chat_dir(self, variant: str) -> Path:
+        """``inference/{variant}/chat``: conversations saved from the dashboard's live chat."""
+        return self.inference_dir(variant) / "chat"
+
+    def chat_path(self, variant: str, chat_id: str) -> Path:
+        return self.chat_dir(variant) / f"{check_name('chat id', chat_id)}.json"
 
     def inference_legacy_dir(self, variant: str) -> Path:
         """``inference/{variant}/legacy``: migrated files no stage reads (layer-internals

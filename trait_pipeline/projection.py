@@ -8,6 +8,12 @@ the dashboard needs to normalise them (cosine = projection / token norm).
 ([4.0, 0.0], [5.0, 1.0], [3.0])
 >>> project_tokens(acts, torch.tensor([0.0, 2.0]), layer=0, baseline=1.0).projections
 [3.0, -1.0]
+>>> project_tokens(acts, torch.tensor([0.0, 2.0]), layer=0, exclude_dims=[1]).projections
+[0.0, 0.0]
+
+``exclude_dims`` drops hidden dimensions (the massive activations of
+:mod:`trait_pipeline.monitoring.massive_dims`) from both the projection and the token norm:
+``p - sum_d h[d] v[d]/|v|`` and ``sqrt(|h|^2 - sum_d h[d]^2)``; the vector is not renormalised.
 
 All arithmetic is fp32 whatever the capture dtype. The projection is onto the *unit*
 vector, so its scale is that of the activations, not of the vector's norm.
@@ -40,7 +46,8 @@ def unit(vector: torch.Tensor) -> torch.Tensor:
 
 
 def project_tokens(
-    acts: torch.Tensor, vector: torch.Tensor, layer: int, baseline: float | None = None
+    acts: torch.Tensor, vector: torch.Tensor, layer: int, baseline: float | None = None,
+    exclude_dims: list[int] | None = None,
 ) -> TokenProjection:
     """Project ``acts`` ``[n_tokens, n_layers, dim]`` at ``layer`` onto ``vector`` ``[dim]``."""
     if acts.ndim != 3:
@@ -54,6 +61,12 @@ def project_tokens(
             "was it extracted from another model?"
         )
     at_layer = acts[:, layer].float()
+    if exclude_dims:
+        bad = [d for d in exclude_dims if not 0 <= int(d) < dim]
+        if bad:
+            raise PipelineError(f"excluded dimension {bad[0]} out of range: hidden size is {dim}")
+        at_layer = at_layer.clone()
+        at_layer[:, [int(d) for d in exclude_dims]] = 0.0
     proj = at_layer @ unit(vector)
     if baseline is not None:
         proj = proj - float(baseline)

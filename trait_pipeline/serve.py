@@ -31,14 +31,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
+from .chat.routes import ChatSettings
 from .dashboard_api import Dashboard, NotFound, list_experiments
 from .errors import PipelineError, one_line
-from .layout import LayoutError, default_experiments_dir
+from .layout import LayoutError, check_name, default_experiments_dir
 from .positions import PositionError
 from .steering_summary import DEFAULT_MIN_COHERENCE
 
 STATIC_DIR = Path(__file__).resolve().parent / "dashboard"
-VIEWS = ("extraction", "steering", "dynamics")
+VIEWS = ("extraction", "steering", "dynamics")  # screenshots of the views that read disk only
 CHROMIUM = os.environ.get("TRAIT_PIPELINE_CHROMIUM", "/usr/bin/chromium")
 # a '..' segment, an encoded dot/slash/backslash or a NUL anywhere in the raw request path
 _SUSPICIOUS = re.compile(r"(^|/)\.\.(/|$)|%2e|%2f|%5c|%00|\\", re.IGNORECASE)
@@ -54,15 +55,20 @@ def plotly_js() -> Path:
     return path
 
 
-def create_app(root: str | Path):
-    """The dashboard app over the experiments directory ``root``."""
+def create_app(root: str | Path, chat: ChatSettings | None = None):
+    """The dashboard app over the experiments directory ``root`` (live chat: ``chat``)."""
     from fastapi import FastAPI, Query, Request
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
 
+    from .chat.routes import chat_router
+
     root = Path(root).resolve()
     dash = Dashboard(root)
     app = FastAPI(title="trait-pipeline dashboard", docs_url=None, redoc_url=None)
+    router = chat_router(root, chat or ChatSettings())
+    app.state.chat_pool = router.pool
+    app.include_router(router)
 
     @app.middleware("http")
     async def refuse_traversal(request: Request, call_next):
@@ -123,6 +129,21 @@ def create_app(root: str | Path):
     def inference_index(experiment: str, variant: str):
         return dash.inference_index(experiment, variant)
 
+    @app.get("/api/experiments/{experiment}/inference/{variant}/massive")
+    def massive(experiment: str, variant: str):
+        from .monitoring.massive_dims import find_calibration
+
+        lay = dash.layout(experiment)
+        check_name("model variant", variant)
+        found = find_calibration(lay, variant)
+        if found is None:  # not an error: most variants are never calibrated
+            return {"calibrated": False,
+                    "detail": f"no massive-dims calibration for {variant!r}; run: python -m "
+                              f"trait_pipeline.infer model_variant={variant} massive.calibrate=true"}
+        data, path = found
+        return {**{k: v for k, v in data.items() if k != "mean_abs_by_layer"},
+                "calibrated": True, "file": path.relative_to(root).as_posix()}
+
     @app.get("/api/experiments/{experiment}/inference/{variant}/projection")
     def projection(experiment: str, variant: str, trait: str, prompt_set: str, id: str,
                    compare: str | None = None):
@@ -138,7 +159,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.contextmanager
-def running(root: str | Path, host: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
+def running(root: str | Path, host: str = "127.0.0.1", port: int | None = None,
+            chat: ChatSettings | None = None, app=None) -> Iterator[str]:
     """Serve the dashboard in a background thread; yields its base URL.
 
     >>> # with running("experiments") as url: requests.get(url + "/api/experiments")
@@ -146,7 +168,7 @@ def running(root: str | Path, host: str = "127.0.0.1", port: int | None = None) 
     import uvicorn
 
     port = port or free_port(host)
-    server = uvicorn.Server(uvicorn.Config(create_app(root), host=host, port=port,
+    server = uvicorn.Server(uvicorn.Config(app or create_app(root, chat), host=host, port=port,
                                            log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -193,8 +215,35 @@ def screenshots(root: Path, out: Path, experiment: str | None = None,
                 path = out / f"dashboard-{view}.png"
                 page.screenshot(path=str(path), full_page=True)
                 written.append(path)
+            written += _chat_screenshots(page, url, exp, out, root)
         finally:
             browser.close()
+    return written
+
+
+CHAT_SHOTS = (  # (file, query, message): one answer, and two variants on the same tokens
+    ("dashboard-chat.png", "cvariant=instruct", "how is the game going ?"),
+    ("dashboard-chat-compare.png", "cvariant=instruct&cmode=replay&cvariant_b=rm_lora",
+     "what do you think about the concert ?"),
+)
+
+
+def _chat_screenshots(page, url: str, exp: str, out: Path, root: Path) -> list[Path]:
+    """The live chat answering (needs the experiment's preset and trait vectors)."""
+    from .chat.experiments import presets
+
+    if exp not in presets() or not Dashboard(root).overview(exp)["extraction"]["traits"]:
+        return []
+    written = []
+    for name, query, message in CHAT_SHOTS:
+        page.goto(f"{url}/?exp={exp}&view=chat&{query}&cmax=24")
+        page.wait_for_function("document.body.dataset.ready === 'true'", timeout=30_000)
+        page.fill("#chat-input", message)
+        page.click("#chat-send")
+        page.wait_for_function("Number(document.body.dataset.answered || 0) > 0", timeout=300_000)
+        path = out / name
+        page.screenshot(path=str(path), full_page=True)
+        written.append(path)
     return written
 
 
@@ -210,7 +259,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screenshots", type=Path, metavar="DIR", default=None,
                         help="write one PNG per view to DIR and exit")
     parser.add_argument("--experiment", default=None, help="experiment for --screenshots")
+    chat = parser.add_argument_group("live chat")
+    chat.add_argument("--max-new-tokens", type=int, default=ChatSettings.max_new_tokens,
+                      help="cap on the tokens of one chat answer (default %(default)s)")
+    chat.add_argument("--max-resident", type=int, default=ChatSettings.max_resident,
+                      help="models kept loaded at once (default %(default)s)")
+    chat.add_argument("--device", default=ChatSettings.device,
+                      help="where chat models load: auto, cpu, cuda, cuda:N (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.max_new_tokens < 1 or args.max_resident < 1:
+        print(f"error: bad --max-new-tokens {args.max_new_tokens} / --max-resident "
+              f"{args.max_resident}: expected ints >= 1", file=sys.stderr)
+        return 2
+    settings = ChatSettings(max_new_tokens=args.max_new_tokens, max_resident=args.max_resident,
+                            device=args.device,
+                            default_max_new_tokens=min(ChatSettings.default_max_new_tokens,
+                                                       args.max_new_tokens))
     try:
         if not args.experiments.is_dir():
             raise PipelineError(f"experiments directory {args.experiments} does not exist")
@@ -221,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         print(f"dashboard: http://{args.host}:{args.port}/  (experiments: {args.experiments})")
-        uvicorn.run(create_app(args.experiments), host=args.host, port=args.port,
+        uvicorn.run(create_app(args.experiments, settings), host=args.host, port=args.port,
                     log_level="warning")
     except PipelineError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)

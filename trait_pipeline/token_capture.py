@@ -187,3 +187,78 @@ def _until_eos(row: list[int], eos: set[int]) -> list[int]:
         if t in eos:
             return row[: i + 1]
     return row
+
+
+@dataclass
+class StreamStep:
+    """One step of :func:`stream_capture`: the prompt (``token_id`` None) or one new token.
+
+    ``acts`` is ``{component: [n_tokens, len(layers), dim]}`` on the CPU: all prompt tokens
+    for the first step, then one row per generated token.
+    """
+
+    token_id: int | None
+    acts: dict[str, torch.Tensor]
+    is_eos: bool = False
+
+
+def stream_capture(
+    lm: LoadedModel,
+    prompt_ids: list[int],
+    layers: Sequence[int],
+    components: Sequence[str] = ("residual",),
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    seed: int = 0,
+    min_new_tokens: int = 0,
+    should_stop=None,
+):
+    """:func:`capture_generate` for one prompt, yielding as it goes (the live chat).
+
+    The same decode loop (prefill, then every generated token fed back once, the last one
+    included), but only ``layers`` are recorded and each token is yielded when its
+    activations exist, so a caller can stream it. ``should_stop()`` is checked before each
+    forward pass; when it returns True the generator ends (a client went away).
+    ``min_new_tokens`` keeps EOS from being chosen before that many tokens (as in HF ``generate``).
+
+    >>> # for step in stream_capture(lm, ids, layers=[10], max_new_tokens=8): ...
+    """
+    if max_new_tokens < 1:
+        raise PipelineError(f"bad max_new_tokens {max_new_tokens}: expected an int >= 1")
+    layers, comps = [int(la) for la in layers], list(components)
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=lm.device)
+    mask = torch.ones_like(ids)
+    eos = _eos_ids(lm)
+    gen = torch.Generator(device=ids.device).manual_seed(seed) if temperature > 0 else None
+    step: dict = {}
+
+    def keep(key, out):
+        step[key] = out.to("cpu")
+
+    def rows() -> dict[str, torch.Tensor]:  # [T, len(layers), d] from the last forward pass
+        return {c: torch.stack([step[(c, la)][0] for la in layers], dim=1) for c in comps}
+
+    with torch.no_grad(), record(lm.model, layers, comps, on_output=keep):
+        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                       use_cache=True, logits_to_keep=1)
+        yield StreamStep(None, rows())
+        cache_kw, cache = _cache_kwarg(lm.model), _cache_of(out)
+        logits = out.logits[:, -1, :]
+        for i in range(max_new_tokens):
+            if should_stop is not None and should_stop():
+                return
+            if i < min_new_tokens and eos:
+                logits = logits.clone()
+                logits[:, sorted(eos)] = float("-inf")
+            nxt = _next_token(logits, temperature, gen)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step.clear()
+            out = lm.model(input_ids=nxt[:, None], attention_mask=mask,
+                           position_ids=_positions(mask)[:, -1:], use_cache=True,
+                           **{cache_kw: cache})
+            cache, logits = _cache_of(out), out.logits[:, -1, :]
+            token = int(nxt[0])
+            yield StreamStep(token, rows(), is_eos=token in eos)
+            if token in eos:
+                return

@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const VIEWS = ["extraction", "steering", "dynamics"];
+const VIEWS = ["extraction", "steering", "dynamics", "chat"];
 const DEFAULTS = {
   view: "extraction", metric: "combined_score", smetric: "delta", coh: "75",
   smooth: "1", center: "1", cosine: "0", mode: "overlay", compare: "",
@@ -78,7 +78,7 @@ async function init() {
   $("exp").addEventListener("change", (e) => set({ exp: e.target.value, variant: "", trait: "" }));
   $("variant").addEventListener("change", (e) => set({ variant: e.target.value }));
   $("trait").addEventListener("change", (e) => set({ trait: e.target.value }));
-  bindExtraction(); bindSteering(); bindDynamics();
+  bindExtraction(); bindSteering(); bindDynamics(); window.bindChat && window.bindChat();
   const { experiments } = await api(["experiments"]);
   if (!experiments.length) { showError("no experiments found under the served directory"); done(); return; }
   render();
@@ -95,6 +95,8 @@ async function render() {
     const view = VIEWS.includes(get("view")) ? get("view") : "extraction";
     for (const v of VIEWS) $(`view-${v}`).hidden = v !== view;
     for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.view === view);
+    for (const id of ["variant", "trait"]) $(id).parentElement.hidden = view === "chat";
+    if (view === "chat") { set({ exp, view }, false); await window.renderChat(seq); return; }
     const area = overview[view === "dynamics" ? "inference" : view];
     const variant = fillSelect($("variant"), area.variants, get("variant"));
     const trait = fillSelect($("trait"), area.traits, get("trait"));
@@ -271,7 +273,7 @@ async function renderSteering(seq) {
 function bindDynamics() {
   $("dyn-set").addEventListener("change", (e) => set({ set: e.target.value, id: "", token: "" }));
   $("dyn-id").addEventListener("change", (e) => set({ id: e.target.value, token: "" }));
-  for (const k of ["smooth", "center", "cosine"]) {
+  for (const k of ["smooth", "center", "cosine", "z", "clean"]) {
     $(`dyn-${k}`).addEventListener("change", (e) => set({ [k]: e.target.checked ? "1" : "0" }));
   }
   $("dyn-compare").addEventListener("change", (e) => set({ compare: e.target.value }));
@@ -288,11 +290,33 @@ function smooth(xs, w = 3) {
   });
 }
 
+function massiveShift(trace) {
+  // per token: [what the massive dims add to the projection, their squared norm] (prompt+response)
+  const m = trace.massive;
+  if (!m || !m.dims || !m.dims.length) return null;
+  const ph = ["prompt", "response"];
+  const n = ph.reduce((a, p) => a + ((trace.token_norms || {})[p] || []).length, 0);
+  const proj = new Array(n).fill(0), sq = new Array(n).fill(0);
+  for (const d of m.dims) {
+    const vals = [...(m.values.prompt[d] || []), ...(m.values.response[d] || [])];
+    vals.forEach((a, t) => { proj[t] += a * m.vec_components[d]; sq[t] += a * a; });
+  }
+  return { proj, sq };
+}
+
 function traceValues(trace, s, opts) {
   // one series of one variant: prompt + response, transformed as the toggles say
   let y = [...s.prompt, ...s.response];
-  const norms = trace.token_norms ? [...(trace.token_norms.prompt || []), ...(trace.token_norms.response || [])] : null;
+  let norms = trace.token_norms ? [...(trace.token_norms.prompt || []), ...(trace.token_norms.response || [])] : null;
+  const isClean = ((trace.metadata || {}).clean || "none") === "massive";
+  const shift = opts.clean !== isClean ? massiveShift(trace) : null;
+  if (shift && s === trace.series[0]) {  // the massive values are those of the file's vector
+    const sign = opts.clean ? -1 : 1;   // drop them, or add back what the file dropped
+    y = y.map((v, i) => v + sign * (shift.proj[i] || 0));
+    if (norms) norms = norms.map((v, i) => Math.sqrt(Math.max(0, v * v + sign * (shift.sq[i] || 0))));
+  }
   if (opts.cosine && norms && norms.length >= y.length) y = y.map((v, i) => v / (norms[i] || 1));
+  if (opts.z) y = window.normalise(y, null, "z", y.slice(0, s.prompt.length));
   if (opts.center && y.length) { const y0 = y[0]; y = y.map((v) => v - y0); }
   if (opts.smooth) y = smooth(y);
   return y;
@@ -319,8 +343,20 @@ async function renderDynamics(seq) {
   const id = fillSelect($("dyn-id"), ps.ids.map((i) => [i, ps.notes[i] && ps.notes[i].note ? `${i}: ${ps.notes[i].note}` : i]), get("id"));
   const compare = fillSelect($("dyn-compare"), [["", "(none)"], ...index.other_variants], get("compare"));
   const mode = $("dyn-mode").value = get("mode") === "diff" ? "diff" : "overlay";
-  const opts = { smooth: get("smooth") === "1", center: get("center") === "1", cosine: get("cosine") === "1" };
+  const opts = { smooth: get("smooth") === "1", center: get("center") === "1", cosine: get("cosine") === "1",
+                 z: get("z") === "1", clean: get("clean") === "1" };
   $("dyn-smooth").checked = opts.smooth; $("dyn-center").checked = opts.center; $("dyn-cosine").checked = opts.cosine;
+  $("dyn-z").checked = opts.z; $("dyn-clean").checked = opts.clean;
+  const overlay = (get("overlay") || "").split(",").filter((t) => t && t !== trait && overview.inference.traits.includes(t));
+  const obox = $("dyn-overlay");
+  obox.innerHTML = "";
+  for (const t of overview.inference.traits.filter((x) => x !== trait)) {
+    const lab = document.createElement("label"), cb = document.createElement("input");
+    cb.type = "checkbox"; cb.value = t; cb.checked = overlay.includes(t);
+    cb.addEventListener("change", () => set({ overlay: [...obox.querySelectorAll("input:checked")].map((x) => x.value).join(",") }));
+    lab.append(cb, ` ${t}`); obox.appendChild(lab);
+  }
+  if (!obox.childNodes.length) obox.textContent = "(no other trait has projections)";
   $("dyn-mode").disabled = !compare;
   set({ set: setName, id, compare }, false);
   const data = await api(["experiments", exp, "inference", variant, "projection"],
@@ -356,12 +392,27 @@ async function renderDynamics(seq) {
         customdata: otherTokens, hovertemplate: "%{x} %{customdata}: %{y:.3f}<extra></extra>" });
     });
   }
-  $("dyn-note").textContent = other ? (data.same_tokens
+  // other traits on the same token axis (this variant, this prompt), each normalised alike
+  const notes = [];
+  for (const [k, t] of overlay.entries()) {
+    let extra;
+    try { extra = await api(["experiments", exp, "inference", variant, "projection"], { trait: t, prompt_set: setName, id }); }
+    catch (err) { notes.push(`${t}: ${err.message}`); continue; }
+    if (stale(seq)) return;
+    extra.main.series.forEach((s) => {
+      const y = traceValues(extra.main, s, opts);
+      traces.push({ type: "scatter", mode: "lines", name: `${t}: ${s.label}`, x: [...Array(y.length).keys()], y,
+        line: { color: COLORS[(k + 2) % COLORS.length], dash: "dash" },
+        customdata: tokens, hovertemplate: "%{x} %{customdata}: %{y:.3f}<extra>" + t + "</extra>" });
+    });
+  }
+  $("dyn-note").textContent = notes.join("; ") + (other ? (data.same_tokens
     ? `${other.variant} read the same tokens (${other.replayed_from ? "replay of " + other.replayed_from + "'s responses" : "identical generations"}).`
-    : `${other.variant} generated its own response: tokens align by position only.`) : "";
+    : `${other.variant} generated its own response: tokens align by position only.`) : "");
   const vals = traces.flatMap((t) => t.y);
   const lim = Math.max(0.15, ...vals.map(Math.abs));
-  const ylabel = (opts.cosine ? "cosine (proj / ‖h‖)" : "projection on unit vector") + (opts.center ? ", centred" : "");
+  const ylabel = (opts.cosine ? "cosine (proj / ‖h‖)" : "projection on unit vector") + (opts.z ? ", z-scored" : "")
+    + (opts.center ? ", centred" : "") + (opts.clean ? ", massive dims dropped" : "");
   dyn = { tokens, nPrompt, main };
   Plotly.react("dyn-plot", traces, {
     title: { text: `${trait} on ${setName}/${id}` + (other ? (mode === "diff" ? ` — ${main.variant} − ${other.variant}` : ` — ${main.variant} vs ${other.variant}`) : "") },
@@ -380,6 +431,7 @@ async function renderDynamics(seq) {
     xaxis: { title: { text: "token" } }, shapes: [divider(nPrompt)], margin: { t: 40 },
   }, PLOT_CONFIG);
 
+  renderMassive(exp, variant, seq);
   const box = $("dyn-tokens");
   box.innerHTML = "";
   tokens.forEach((t, i) => {
@@ -392,6 +444,26 @@ async function renderDynamics(seq) {
   $("dyn-token").max = Math.max(0, tokens.length - 1);
   const tok = Math.min(Number(get("token") || nPrompt), tokens.length - 1);
   selectToken(Math.max(0, tok));
+}
+
+async function renderMassive(exp, variant, seq) {
+  // the variant's calibration: for each layer its largest dims (ratio to the layer's median)
+  let m;
+  try { m = await api(["experiments", exp, "inference", variant, "massive"]); }
+  catch (err) { if (!stale(seq)) { Plotly.purge("dyn-massive"); $("dyn-massive-note").textContent = err.message; $("dyn-clean").disabled = true; } return; }
+  if (stale(seq)) return;
+  if (!m.calibrated) { Plotly.purge("dyn-massive"); $("dyn-massive-note").textContent = m.detail; $("dyn-clean").disabled = true; return; }
+  $("dyn-clean").disabled = false;
+  const layers = Object.keys(m.largest_by_layer).map(Number).sort((a, b) => a - b);
+  const dims = [...new Set(layers.flatMap((l) => m.largest_by_layer[l].map((e) => e.dim)))].sort((a, b) => a - b);
+  const z = dims.map((d) => layers.map((l) => { const e = m.largest_by_layer[l].find((x) => x.dim === d); return e ? e.ratio_to_median : null; }));
+  Plotly.react("dyn-massive", [{ type: "heatmap", x: layers, y: dims.map((d) => `dim ${d}${m.dims.includes(d) ? " ★" : ""}`), z,
+    colorscale: "YlOrRd", colorbar: { title: { text: "mean |h| / median" } },
+    hovertemplate: "layer %{x}, %{y}: %{z:.1f}× the median<extra></extra>" }], {
+    title: { text: `massive dims of ${variant}: ${m.dims.length ? m.dims.join(", ") : "none"} (★)` },
+    xaxis: { title: { text: "layer" }, dtick: 1 }, yaxis: { type: "category" }, margin: { t: 40, l: 80 },
+  }, PLOT_CONFIG);
+  $("dyn-massive-note").textContent = `${m.criterion.description}; ${m.n_tokens} tokens of ${m.metadata.prompt_set} (${m.file})`;
 }
 
 function divider(nPrompt) {
