@@ -63,7 +63,33 @@ def test_states_from_the_jobs_own_files(tmp_path):
     assert summary(states) == "4 jobs: 1 done, 1 running, 1 failed, 1 lost"
     text = format_states(states)
     assert "#1   failed" in text and "error: layer 99 is out of range  log: /x/steer.log" in text
-    assert exit_status(states) == 1 and exit_status(states[:1]) == 0 and exit_status(states[2:3]) == 3
+    assert exit_status(states) == 3  # one still running: the sweep is not over
+    assert exit_status(states[:2]) == 1 and exit_status(states[:1]) == 0 and exit_status(states[2:3]) == 3
+
+
+def _st(*states):
+    from trait_pipeline.sweeps import JobStatus
+
+    return [JobStatus(num=i, name=f"layer={i}", state=s) for i, s in enumerate(states)]
+
+
+@pytest.mark.parametrize("states,code", [
+    (("cancelled", "pending", "running"), 3),    # 3 wins over 1: a poller waits for the whole sweep
+    (("failed", "lost", "pending"), 3),
+    (("failed", "done"), 1), (("cancelled", "done"), 1), (("lost",), 1),
+    (("done", "done"), 0),
+])
+def test_exit_status_precedence_3_then_1_then_0(states, code):
+    assert exit_status(_st(*states)) == code
+
+
+def test_pending_jobs_show_reason_and_attempt():
+    states = _st("pending", "running")
+    states[0].reason, states[0].attempt = "BeginTime", 2
+    states[1].attempt = 2
+    text = format_states(states)
+    assert "#0   pending    -  layer=0  (BeginTime, attempt 2)" in text
+    assert "#1   running    -  layer=1  (attempt 2)" in text
 
 
 def test_status_command_finds_the_latest_sweep(tmp_path, capsys):
@@ -81,3 +107,19 @@ def test_array_task_ranges_of_never_started_tasks():
     assert _expand_tasks("1-3%1") == [1, 2, 3]
     assert _expand_tasks("0,4-5") == [0, 4, 5]
     assert _expand_tasks("7") == [7]
+
+
+def test_resubmit_overrides_are_launcher_settings_checked_by_type():
+    from hydra_plugins.trait_pipeline_launchers.launchers import LocalParams, SlurmParams
+    from trait_pipeline.sweep_status import parse_launcher_overrides
+
+    got = parse_launcher_overrides(["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=8",
+                                    "hydra.launcher.partition=null", "hydra.launcher.setup=[a, b]"], SlurmParams)
+    assert got == {"cpus_per_task": 1, "mem_gb": 8.0, "partition": None, "setup": ["a", "b"]}
+    assert parse_launcher_overrides(["hydra.launcher.n_jobs=2"], LocalParams) == {"n_jobs": 2}
+    for bad, words in [("layer=5", "only launcher settings can change"),
+                       ("hydra.launcher.cpus=1", "unknown setting hydra.launcher.cpus"),
+                       ("hydra.launcher.cpus_per_task=abc", "expected int | None"),
+                       ("hydra.launcher.wait=3", "expected bool")]:
+        with pytest.raises(PipelineError, match=words.replace("|", r"\|")):
+            parse_launcher_overrides([bad], SlurmParams)

@@ -236,7 +236,11 @@ def stage_main(config_name: str) -> Callable[[Callable], Callable[[], None]]:
             sys.argv = [sys.argv[0], *argv]
             job = functools.partial(_run_task, task)
             functools.update_wrapper(job, task)
-            hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(job)()
+            try:
+                hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(job)()
+            except KeyboardInterrupt:  # Ctrl-C: no traceback (a SLURM sweep says more, exit 130 too)
+                print("interrupted", file=sys.stderr, flush=True)
+                raise SystemExit(130) from None
 
         main.__doc__ = task.__doc__
         return main

@@ -26,6 +26,11 @@ def _run_id() -> str:
     return time.strftime("%Y-%m-%d_%H-%M-%S") + "_" + secrets.token_hex(2)
 
 
+def _sweep_id(sweep_dir: str) -> str:
+    # the sweep folder's name (its timestamp): run folders of a sweep's jobs carry it
+    return Path(str(sweep_dir)).name
+
+
 def _one_trait(trait) -> str | None:
     """The trait of a job, or None for a job over several (``trait=[a,b]``)."""
     if isinstance(trait, str):
@@ -66,6 +71,7 @@ _RESOLVERS = {
     "tp.cache": lambda: str(default_cache_dir()),
     "tp.posdir": position_dirname,
     "tp.run_id": _run_id,
+    "tp.sweep_id": _sweep_id,
     "tp.extraction_dir": _extraction_dir,
     "tp.steering_dir": _steering_dir,
     "tp.inference_dir": _inference_dir,

@@ -5,14 +5,16 @@ Everything lives in the variant-neutral sweep folder (``hydra.sweep.dir``)::
 
     experiments/{exp}/sweeps/{stage}/{timestamp}/
       multirun.yaml       Hydra's config of the whole sweep
-      sweep.json          manifest: launcher, scheduler ids, every job's overrides
-      jobs/{num}.json     written by the job itself: running | done | failed, its output dir and log
+      sweep.json          manifest: launcher, its settings, scheduler ids, every job's overrides, resubmissions
+      jobs/{num}.json     written by the job itself: running | done | failed | killed, output dir, log
       launch.pkl          the job callable and launcher settings, for ``sweep_status --resubmit``
       .submitit/{id}/     SLURM jobs: submitit's files and the job's stdout/stderr logs
 
-A job's state combines its own file (authoritative once ``done``) with the scheduler's view
-(squeue, then sacct, then scontrol), so a job killed before it could write anything still
-shows up as ``cancelled`` or ``lost`` rather than forever ``running``.
+A job's state asks SLURM first (squeue, then sacct, then scontrol): while SLURM has the job
+pending it is ``pending``, with SLURM's reason, whatever an older attempt's file says (a
+requeued job waits as ``pending``, attempt 2). Once SLURM no longer has it queued or
+running, the job's own file decides (``done``, ``failed``), and a job that ended without
+saying how is ``cancelled`` or ``lost`` rather than forever ``running``.
 
 >>> import tempfile
 >>> d = Path(tempfile.mkdtemp())
@@ -29,7 +31,7 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import PipelineError
@@ -74,6 +76,8 @@ class Manifest:
     jobs: list[JobRecord]
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
     command: list[str] = field(default_factory=list)
+    launcher_params: dict = field(default_factory=dict)   # the settings the latest submission used
+    resubmissions: list[dict] = field(default_factory=list)  # {time, jobs, overrides, scheduler_ids}
     schema_version: int = SCHEMA_VERSION
 
 
@@ -89,7 +93,13 @@ class JobStatus:
     output_dir: str | None = None
     log: str | None = None
     error: str | None = None
-    attempts: int = 0
+    attempts: int = 0                   # attempts that started (the job's own count)
+    reason: str | None = None           # SLURM's reason while pending (Priority, BeginTime ...)
+    attempt: int = 0                    # the attempt this state is about (a pending requeue: next)
+
+
+_JOB_KEYS = {f.name for f in fields(JobRecord)}
+_MANIFEST_KEYS = {f.name for f in fields(Manifest)} - {"jobs"}
 
 
 def manifest_path(sweep_dir: Path) -> Path:
@@ -112,8 +122,9 @@ def read_manifest(sweep_dir: Path) -> Manifest:
             "experiments/{experiment}/sweeps/{stage}/{timestamp}"
         )
     raw = read_json(path)
-    jobs = [JobRecord(**j) for j in raw.pop("jobs")]
-    return Manifest(jobs=jobs, **raw)
+    jobs = [JobRecord(**{k: v for k, v in j.items() if k in _JOB_KEYS}) for j in raw.pop("jobs")]
+    # keys a newer version added are kept out rather than refused
+    return Manifest(jobs=jobs, **{k: v for k, v in raw.items() if k in _MANIFEST_KEYS})
 
 
 def mark_job(sweep_dir: Path, num: int, state: str, **info) -> None:
@@ -148,41 +159,74 @@ def _run(cmd: list[str]) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-def scheduler_states(ids: list[str]) -> dict[str, str]:
-    """SLURM state of each job id (``123`` or ``123_4``); ids SLURM no longer knows are left out.
+@dataclass
+class SchedulerInfo:
+    """What SLURM says about one job: its state, and while pending, why."""
 
-    squeue covers queued and running jobs; finished ones come from sacct where accounting is
-    on, else from scontrol (which remembers a job for ``MinJobAge`` seconds).
+    state: str
+    reason: str | None = None
+    restarts: int = 0                   # how often SLURM requeued it (squeue's RestartCnt)
+
+
+def scheduler_info(ids: list[str]) -> dict[str, SchedulerInfo]:
+    """SLURM's view of each job id (``123`` or ``123_4``); ids SLURM no longer knows are left out.
+
+    squeue covers queued, running and recently ended jobs (with the pending reason); older
+    ones come from sacct where accounting is on, else from scontrol (which remembers a job
+    for ``MinJobAge`` seconds).
     """
     ids = [str(i) for i in ids if i]
     if not ids or not slurm_available():
         return {}
-    found: dict[str, str] = {}
+    found: dict[str, SchedulerInfo] = {}
     arrays = sorted({i.split("_")[0] for i in ids})
-    out = _run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)])
-    for line in (out or "").splitlines():
-        jid, _, state = line.strip().partition("|")
-        found[jid] = state.split()[0] if state else "UNKNOWN"
+    for array in arrays:  # one call per array: squeue fails whole on an id it has forgotten
+        out = _run(["squeue", "-h", "-r", "-t", "all", "-O", "JobArrayID:0|,State:0|,RestartCnt:0|,Reason:0",
+                    "-j", array])
+        whole = None
+        for line in (out or "").splitlines():
+            jid, state, restarts, reason = (line.strip().split("|", 3) + ["", "", ""])[:4]
+            info = SchedulerInfo(state.split()[0] if state else "UNKNOWN",
+                                 reason.strip() if reason.strip() not in ("", "None") else None,
+                                 int(restarts) if restarts.strip().isdigit() else 0)
+            found[jid] = info
+            if jid == array:
+                whole = info
+        if whole is not None:  # tasks that never started and were cancelled: one record, the array's
+            for i in ids:
+                if i.startswith(array + "_") and i not in found:
+                    found[i] = whole
     missing = [i for i in ids if i not in found]
     if missing and shutil.which("sacct"):
         out = _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(missing)])
         for line in (out or "").splitlines():
             jid, _, state = line.strip().partition("|")
             if jid in missing and state:
-                found[jid] = state.split()[0]
+                found[jid] = SchedulerInfo(state.split()[0])
     missing = [i for i in ids if i not in found]
     for array in sorted({i.split("_")[0] for i in missing}):
         out = _run(["scontrol", "-o", "show", "job", array])
         for line in (out or "").splitlines():
             kv = dict(p.split("=", 1) for p in line.split() if "=" in p)
             jids = [kv.get("JobId", "")]
-            if kv.get("ArrayTaskId", "N/A") not in ("N/A", "") and "ArrayJobId" in kv:
-                # tasks never started share one record: ArrayTaskId=1-3%1
-                jids = [f"{kv['ArrayJobId']}_{t}" for t in _expand_tasks(kv["ArrayTaskId"])]
+            task = kv.get("ArrayTaskId", "N/A")
+            if task not in ("N/A", "") and "ArrayJobId" in kv:
+                # tasks never started share one record: ArrayTaskId=1-3%1 (or no task id at all
+                # once such a record is cancelled)
+                tasks = _expand_tasks(task)
+                jids = ([i for i in missing if i.startswith(kv["ArrayJobId"] + "_")]
+                        if not tasks or tasks == [4294967294] else [f"{kv['ArrayJobId']}_{t}" for t in tasks])
             for jid in jids:
                 if jid in missing and "JobState" in kv:
-                    found[jid] = kv["JobState"]
+                    reason = kv.get("Reason")
+                    found[jid] = SchedulerInfo(kv["JobState"], reason if reason not in (None, "None") else None,
+                                               int(kv.get("Restarts", "0") or 0))
     return {i: found[i] for i in ids if i in found}
+
+
+def scheduler_states(ids: list[str]) -> dict[str, str]:
+    """SLURM state of each job id; see :func:`scheduler_info`."""
+    return {k: v.state for k, v in scheduler_info(ids).items()}
 
 
 def _expand_tasks(spec: str) -> list[int]:
@@ -212,24 +256,32 @@ def job_states(sweep_dir: Path, query_scheduler: bool = True) -> list[JobStatus]
     sweep_dir = Path(sweep_dir)
     manifest = read_manifest(sweep_dir)
     latest = {j.num: j.scheduler_ids[-1] for j in manifest.jobs if j.scheduler_ids}
-    sched = scheduler_states(list(latest.values())) if query_scheduler else {}
+    sched = scheduler_info(list(latest.values())) if query_scheduler else {}
+    slurm_asked = query_scheduler and slurm_available()
     out = []
     for job in manifest.jobs:
         path = job_file(sweep_dir, job.num)
         own = read_json(path) if path.is_file() else {}
         sid = latest.get(job.num)
+        info = sched.get(sid) if sid else None
+        attempts = int(own.get("attempts", 0))
         st = JobStatus(
             num=job.num, name=job.name, state="pending", scheduler_id=sid,
-            scheduler_state=sched.get(sid) if sid else None, output_dir=own.get("output_dir"),
-            log=own.get("log"), error=own.get("error"), attempts=int(own.get("attempts", 0)),
+            scheduler_state=info.state if info else None, output_dir=own.get("output_dir"),
+            log=own.get("log"), error=own.get("error"), attempts=attempts, attempt=max(attempts, 1),
         )
         file_state, sched_state = own.get("state"), st.scheduler_state
-        # a job's own file is stale if a later submission of it is still queued or running
         active = _SLURM_ACTIVE.get(sched_state or "")
-        if file_state == "done" and not active:
+        if active == "pending":
+            # SLURM first: a requeued job's file still says running (or killed) from the attempt
+            # SLURM stopped; the job waits for its next attempt
+            st.state, st.reason, st.error = "pending", info.reason if info else None, None
+            st.attempt = max(attempts + 1, info.restarts + 1 if info else 1)
+        elif active == "running":
+            st.state, st.error = "running", None
+            st.attempt = max(attempts, info.restarts + 1 if info else 1)
+        elif file_state == "done":
             st.state = "done"
-        elif active:
-            st.state = "running" if (active == "running" or file_state == "running") else "pending"
         elif file_state == "failed":
             st.state = "failed"
         elif sched_state:
@@ -238,12 +290,12 @@ def job_states(sweep_dir: Path, query_scheduler: bool = True) -> list[JobStatus]
                 st.state = "lost"
             if st.state != "cancelled" and not st.error:
                 st.error = f"SLURM state {sched_state}"
-        elif file_state == "running":
+        elif file_state in ("running", "killed"):
             local = manifest.launcher == "local" and own.get("host") == socket.gethostname()
             st.state = "running" if (not local or _pid_alive(own.get("pid"))) else "lost"
-            if sid and query_scheduler and slurm_available():
+            if file_state == "killed" or (sid and slurm_asked):
                 st.state = "lost"  # SLURM forgot it and it never finished
-        elif sid and query_scheduler and slurm_available():
+        elif sid and slurm_asked:
             st.state = "lost"
         out.append(st)
     return out

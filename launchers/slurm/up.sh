@@ -3,8 +3,9 @@
 # slurm-wlm, configured for the machine it runs on. For development and CI only (root, no
 # accounting database, no cgroups). Idempotent: a second run finds the node up and does nothing.
 #
-#   sudo bash launchers/slurm/up.sh     # then: sinfo, sbatch, python -m trait_pipeline.steer -m hydra/launcher=slurm ...
-#   sudo bash launchers/slurm/down.sh   # stops the daemons this script started
+#   bash launchers/slurm/up.sh      # as root (or: sudo bash ...); then sinfo, sbatch,
+#                                   # python -m trait_pipeline.steer -m hydra/launcher=slurm ...
+#   bash launchers/slurm/down.sh    # as root: stops the daemons this script started
 #
 # Environment: SLURM_PARTITION (default debug), SLURM_MEM_HEADROOM_MB (default 1024),
 # SLURM_UP_TIMEOUT_S (default 60).
@@ -23,11 +24,57 @@ elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv
 node_ready() { sinfo -h -N -n "$NODE" -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated|completing)'; }
 
 if [ "$(id -u)" != 0 ]; then
-  echo "slurm-up: error: needs root (it installs packages and starts system daemons)" >&2
+  echo "slurm-up: error: needs root (it installs packages and starts system daemons); run it in a root shell, or with sudo where there is one" >&2
   exit 2
 fi
 
-if command -v sinfo >/dev/null && node_ready; then
+# the slurm.conf this machine gets -------------------------------------------------------------
+cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"   # nproc alone obeys OMP_NUM_THREADS
+mem_total_mb="$(free -m | awk '/^Mem:/ {print $2}')"
+real_mem_mb=$(( mem_total_mb > HEADROOM_MB * 2 ? mem_total_mb - HEADROOM_MB : mem_total_mb / 2 ))
+conf_text="# Written by launchers/slurm/up.sh for this machine; rerun it rather than editing by hand.
+ClusterName=trait-pipeline
+SlurmctldHost=${NODE}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile=${LOG_DIR}/slurmctld.log
+SlurmdLogFile=${LOG_DIR}/slurmd.log
+# no cgroups in containers and CI VMs: track processes by parent pid, bind nothing
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+# no accounting database: job state comes from squeue/scontrol, kept an hour after a job ends
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MinJobAge=3600
+ReturnToService=2
+JobRequeue=1
+KillWait=5
+InactiveLimit=0
+SlurmctldTimeout=30
+SlurmdTimeout=30
+MaxArraySize=10001
+# a requeued job may start again cred_expire seconds after it stopped (SLURM's default: 120),
+# and the scheduler looks at pending jobs every few seconds (default: 60, backfill 30): a
+# one-node test cluster need not make a preempted job wait minutes to rerun
+AuthInfo=cred_expire=20
+SchedulerParameters=sched_interval=5,bf_interval=5
+NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${real_mem_mb} State=UNKNOWN
+# a time limit like a real cluster's, so a request above it is seen (and refused) as there
+PartitionName=${PARTITION} Nodes=${NODE} Default=YES MaxTime=1-00:00:00 DefaultTime=01:00:00 State=UP OverSubscribe=NO
+"
+conf_current() { [ -f "$CONF_DIR/slurm.conf" ] && [ "$(cat "$CONF_DIR/slurm.conf")" = "${conf_text%$'\n'}" ]; }
+
+if command -v sinfo >/dev/null && conf_current && node_ready; then
   say "already up (node $NODE, partition $PARTITION)"
   exit 0
 fi
@@ -60,54 +107,26 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
-# 3. slurm.conf for this machine ------------------------------------------------------------
-cpus="$(nproc)"
-mem_total_mb="$(free -m | awk '/^Mem:/ {print $2}')"
-real_mem_mb=$(( mem_total_mb > HEADROOM_MB * 2 ? mem_total_mb - HEADROOM_MB : mem_total_mb / 2 ))
+# 3. slurm.conf for this machine (text computed above) ----------------------------------------
 install -d "$CONF_DIR" "$LOG_DIR" /var/spool/slurmctld /var/spool/slurmd
-conf_text="# Written by launchers/slurm/up.sh for this machine; rerun it rather than editing by hand.
-ClusterName=trait-pipeline
-SlurmctldHost=${NODE}(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
-SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
-SlurmctldLogFile=${LOG_DIR}/slurmctld.log
-SlurmdLogFile=${LOG_DIR}/slurmd.log
-# no cgroups in containers and CI VMs: track processes by parent pid, bind nothing
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-# no accounting database: job state comes from squeue/scontrol, kept an hour after a job ends
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-MinJobAge=3600
-ReturnToService=2
-JobRequeue=1
-KillWait=5
-InactiveLimit=0
-SlurmctldTimeout=30
-SlurmdTimeout=30
-MaxArraySize=10001
-NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${real_mem_mb} State=UNKNOWN
-PartitionName=${PARTITION} Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
-"
-if [ ! -f "$CONF_DIR/slurm.conf" ] || [ "$(cat "$CONF_DIR/slurm.conf")" != "${conf_text%$'\n'}" ]; then
+if ! conf_current; then
   printf '%s' "$conf_text" > "$CONF_DIR/slurm.conf"
   say "wrote $CONF_DIR/slurm.conf (node $NODE: $cpus CPUs, ${real_mem_mb} MB)"
   conf_changed=1
 fi
 
 # 4. daemons --------------------------------------------------------------------------------
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-if alive /run/slurmctld.pid && [ -n "${conf_changed:-}" ]; then scontrol reconfigure || true; fi
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
+if [ -n "${conf_changed:-}" ] && { alive /run/slurmctld.pid || alive /run/slurmd.pid; }; then
+  # AuthInfo and SchedulerParameters are read at start: restart rather than reconfigure
+  say "restarting the daemons for the new slurm.conf"
+  for pidfile in /run/slurmd.pid /run/slurmctld.pid; do
+    if alive "$pidfile"; then
+      kill "$(cat "$pidfile")" 2>/dev/null || true
+      for _ in $(seq 100); do alive "$pidfile" || break; sleep 0.1; done
+    fi
+  done
+fi
 if ! alive /run/slurmctld.pid; then say "starting slurmctld"; slurmctld; fi
 if ! alive /run/slurmd.pid; then say "starting slurmd"; slurmd; fi
 
