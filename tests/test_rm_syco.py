@@ -73,15 +73,21 @@ def test_prompt_sets_counts_and_fields():
 # --- the judge of real presets ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def composer():
+    """Compose a stage's config; each call initialises Hydra afresh (the CLI's early checks,
+    called by some tests, clear Hydra's global state)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from trait_pipeline.layout import CONF_DIR
 
     resolvers.register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        yield lambda stage, *ov: compose(config_name=stage, overrides=list(ov))
+
+    def make(stage, *overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name=stage, overrides=list(overrides))
+
+    yield make
     GlobalHydra.instance().clear()
 
 
