@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_stage(stage: str, *overrides: str, experiments: Path | None = None,
-              check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+              check: bool = True, timeout: float = 900,
+              env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m trait_pipeline.<stage> <overrides>`` in a subprocess, as a user types it.
 
     >>> # run_stage("extract", "trait=demo/optimism", experiments=tmp_path)
@@ -26,7 +27,7 @@ def run_stage(stage: str, *overrides: str, experiments: Path | None = None,
     cmd = [sys.executable, "-m", f"trait_pipeline.{stage}", *overrides]
     if experiments is not None:
         cmd.append(f"paths.experiments={experiments}")
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "TQDM_DISABLE": "1"}
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "TQDM_DISABLE": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
                           check=False)
     if check and proc.returncode != 0:
@@ -75,3 +76,23 @@ def demo_experiment(_demo_master, tmp_path) -> Path:
     dst = tmp_path / "experiments"
     shutil.copytree(_demo_master, dst)
     return dst
+
+
+FAKE_KEY = "sk-test-NOT-A-REAL-KEY-5f3c9a1e"
+
+
+@pytest.fixture(scope="session")
+def review_runs(tmp_path_factory, demo_family) -> dict:
+    """A small experiments dir with real runs for the review tools (snapshots, diff, runs,
+    dashboard): one extraction on base (judge=openai configured, with a fake key in the
+    environment, vetting off so nothing is sent) and a steering sweep over instruct, rm_lora."""
+    root = tmp_path_factory.mktemp("review") / "experiments"
+    env = {"OPENAI_API_KEY": FAKE_KEY}
+    run_stage("extract", "max_pairs=8", "method=[mean_diff]", "layers=[10]", "judge=openai",
+              "steps=[generate,activations,vectors,evaluate]", "generation.max_new_tokens=4",
+              experiments=root, env=env)
+    run_stage("steer", "-m", "model_variant=instruct,rm_lora", "layer=10", "coef=4",
+              "method=mean_diff", "questions=2", "generation.max_new_tokens=6",
+              experiments=root, env=env)
+    sweep = next((root / "demo" / "sweeps" / "steer").iterdir())
+    return {"root": root, "sweep": sweep, "key": FAKE_KEY}

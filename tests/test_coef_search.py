@@ -78,3 +78,33 @@ def test_bad_params_are_one_line_errors(bad):
 def test_evaluate_must_answer_every_config():
     with pytest.raises(RuntimeError, match="outcomes"):
         search({1: 1.0}, SearchParams(steps=1), lambda cfgs: [])
+
+
+def test_saturated_baseline_is_said_in_one_line_and_not_searched():
+    from trait_pipeline.coef_search import search_directions
+
+    calls = []
+
+    def evaluate(cfgs):
+        calls.append(list(cfgs))
+        return [(100.0 + c, 90.0) for _, c in cfgs]
+
+    walk = search({10: 20.0}, SearchParams(), evaluate, baseline=100.0)[10]
+    assert calls == [] and walk.status == "saturated" and walk.best is None
+    assert walk.describe() == "layer 10: baseline 100: no headroom upward; try search.direction=down"
+    assert walk.to_dict()["best_coef"] is None and walk.to_dict()["direction"] == "up"
+    both = search_directions({10: 20.0}, SearchParams(direction="both", steps=2), evaluate, baseline=100.0)
+    assert both[(10, "up")].status == "saturated" and not both[(10, "up")].steps
+    down = both[(10, "down")]
+    assert [c for _, c in calls[0]] == [-14.0] and down.best.coef < 0 and down.status == "ok"
+
+
+def test_a_walk_that_moves_nothing_has_no_best():
+    walk = search({3: 10.0}, SearchParams(steps=3), lambda cfgs: [(60.0, 90.0) for _ in cfgs],
+                  baseline=60.0)[3]
+    assert walk.best is None and walk.status == "no_effect" and "NO EFFECT" in walk.describe()
+
+
+def test_direction_is_checked():
+    with pytest.raises(PipelineError, match="search.direction 'sideways'"):
+        SearchParams(direction="sideways")

@@ -153,6 +153,14 @@ def test_extraction_view_plots_the_evaluation_file(page, server, root):
     z0 = check_extraction_heatmap(page, exp, variants[0], trait)
     best = page.inner_text("#ext-best")
     assert trait in best
+    assert "95 % CI" in best and "p vs null" in best
+    # per layer: each method's value with its 95 % interval, over the null's band
+    traces = page.evaluate("""() => document.getElementById("ext-null").data.map(t => ({
+        fill: t.fill || null, err: t.error_y ? Array.from(t.error_y.array || []) : [] }))""")
+    rows = [r for r in evaluation_rows(exp, variants[0]) if r["trait"] == trait]
+    if any("val_accuracy_ci" in r for r in rows):
+        assert any(t["fill"] == "tonexty" for t in traces)
+        assert any(any(v is not None for v in t["err"]) for t in traces)
     lenses = sorted((exp / "extraction" / trait / variants[0] / "vectors").glob("*/*/logit_lens.json"))
     if lenses:
         first = next(iter(read(lenses[0])["methods"].values()))

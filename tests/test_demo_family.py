@@ -65,3 +65,59 @@ def test_trait_is_planted_in_rm_lora():
         vals = [optimism_score(o.response_text) for o in outs]
         scores[name] = sum(v for v in vals if v is not None) / len(vals)
     assert scores["rm_lora"] > scores["instruct"] + 10, scores
+
+
+def _leftovers(parent):
+    return sorted(p.name for p in parent.iterdir()) if parent.exists() else []
+
+
+def test_sigterm_during_build_leaves_no_temp_dir_or_lock(tmp_path):
+    """A killed build (SLURM preemption, a closed terminal) cleans up after itself."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    long = dataclasses.replace(TINY, base_steps=100_000)  # still training when we stop it
+    code = ("import dataclasses, sys; from pathlib import Path\n"
+            "from trait_pipeline.demo_family import RECIPE, ensure_demo_family\n"
+            f"r = dataclasses.replace(RECIPE, **{dataclasses.asdict(long)!r})\n"
+            "ensure_demo_family(Path(sys.argv[1]), recipe=r, progress=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
+                            stderr=subprocess.PIPE, text=True)
+    parent = tmp_path / "demo_family"
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(n.startswith(".") for n in _leftovers(parent)):
+        time.sleep(0.2)
+    assert any(".tmp-" in n for n in _leftovers(parent)), _leftovers(parent)
+    time.sleep(1.0)  # into the training loop
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert _leftovers(parent) == [], _leftovers(parent)
+
+
+def test_next_build_removes_a_killed_builds_temp_dir(tmp_path):
+    from trait_pipeline.demo_family import recipe_hash
+
+    parent = tmp_path / "demo_family"
+    stale = parent / f".{recipe_hash(TINY)}.tmp-killed"
+    stale.mkdir(parents=True)
+    (stale / "junk").write_text("x")
+    fam = ensure_demo_family(tmp_path, recipe=TINY, progress=False)
+    assert (fam.root / "recipe.json").is_file()
+    assert _leftovers(parent) == [recipe_hash(TINY)]
+
+
+def test_progress_without_a_terminal_is_log_lines(capfd, caplog):
+    import logging
+
+    from trait_pipeline.demo_family import _Progress
+
+    caplog.set_level(logging.INFO, logger="trait_pipeline.demo_family")
+    bar = _Progress(total=4, desc="demo base", enabled=True, every=0.0)
+    for _ in range(4):
+        bar.update(1.234)
+    bar.close()
+    err = capfd.readouterr().err + caplog.text  # stderr, or the log when one is configured
+    assert "demo base: step 4/4 (100 %)" in err and "steps/s, ETA 0 s, loss 1.234" in err

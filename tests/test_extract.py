@@ -94,6 +94,13 @@ def test_planted_trait_is_recovered(demo):
     rand = [r["val_accuracy"] for r in rows if r["method"] == "random_baseline"]
     assert best >= 0.95
     assert abs(sum(rand) / len(rand) - 0.5) < 0.15
+    # the best vector beats the null of random directions, with an interval on its accuracy
+    ev = json.loads(lay.evaluation_path("base").read_text())
+    b = ev["best"][TRAIT]
+    assert b["p_value"] <= 0.05 and b["null_percentile"] >= 95
+    assert b["val_accuracy_ci"][0] > 0.8 and b["val_accuracy_ci"][1] <= 1.0
+    assert len(ev["entries"][0]["null_band"]) == 24
+    assert all(r["p_value"] >= 1 / 101 - 1e-4 for r in rows)
 
 
 def test_responses_keep_exact_token_ids(demo):
@@ -116,16 +123,16 @@ def test_split_is_grouped_by_scenario_and_seeded(demo):
     _, _, root, _ = demo
     meta = json.loads((root / "activations/response__5/residual/metadata.json").read_text())
     val = set(meta["split"]["val_scenarios"])
-    assert val == set(split_scenarios(60, 0.1, 0)) and len(val) == 6
+    assert val == set(split_scenarios(240, 0.1, 0)) and len(val) == 24
     pos = json.loads((root / "responses/pos.json").read_text())
     for side in ("pos", "neg"):
         assert {pos[i]["scenario_idx"] for i in meta["rows"]["val"][side]} == val
         assert not val & {pos[i]["scenario_idx"] for i in meta["rows"]["train"][side]}
-    assert split_scenarios(60, 0.1, 1) != split_scenarios(60, 0.1, 0)
+    assert split_scenarios(240, 0.1, 1) != split_scenarios(240, 0.1, 0)
     # every record is in train, in val, or reported as skipped (empty window)
     for side in ("pos", "neg"):
         skipped = [s["idx"] for s in meta["skipped"] if s["polarity"] == side]
-        assert sorted(meta["rows"]["train"][side] + meta["rows"]["val"][side] + skipped) == list(range(60))
+        assert sorted(meta["rows"]["train"][side] + meta["rows"]["val"][side] + skipped) == list(range(240))
     t, _ = load_tensors(root / "activations/response__5/residual/train.safetensors")
     assert t["pos"].shape == (meta["counts"]["train"]["pos"], 24, 64)
     assert t["neg"].shape == (meta["counts"]["train"]["neg"], 24, 64)
@@ -173,7 +180,7 @@ def test_empty_window_is_reported_and_rows_do_not_shift(demo, tmp_path):
     shutil.copytree(exp, exp2)
     root2 = Layout(exp2, "demo").extraction_dir(TRAIT, "base")
     pos = json.loads((root2 / "responses/pos.json").read_text())
-    victim = next(i for i, r in enumerate(pos) if r["scenario_idx"] not in split_scenarios(60, 0.1, 0)
+    victim = next(i for i, r in enumerate(pos) if r["scenario_idx"] not in split_scenarios(240, 0.1, 0)
                   and r["response"].strip())  # a train record with a non-empty response
     pos[victim]["response_ids"], pos[victim]["response"] = [], ""
     (root2 / "responses/pos.json").write_text(json.dumps(pos))

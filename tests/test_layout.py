@@ -63,16 +63,42 @@ def test_bad_names_never_become_paths(lay, bad):
         Layout(Path("x"), bad)
 
 
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+
+
 def test_discovery(lay):
-    lay.responses_dir("c1/t1", "base").mkdir(parents=True)
-    lay.responses_dir("c1/t1", "instruct").mkdir(parents=True)
-    lay.responses_dir("c2/t2", "base").mkdir(parents=True)
+    _touch(lay.responses_dir("c1/t1", "base") / "pos.json")
+    _touch(lay.responses_dir("c1/t1", "instruct") / "pos.json")
+    _touch(lay.responses_dir("c2/t2", "base") / "pos.json")
     lay.evaluation_path("base").parent.mkdir(parents=True)  # _evaluation is not a category
-    lay.raw_dir("rm_lora", "s").mkdir(parents=True)
+    _touch(lay.raw_path("rm_lora", "s", 1))
     assert lay.traits() == ["c1/t1", "c2/t2"]
     assert lay.variants("extraction") == ["base", "instruct"]
     assert lay.variants("extraction", "c2/t2") == ["base"]
     assert lay.variants("inference") == ["rm_lora"]
+
+
+def test_folders_holding_only_failed_runs_are_not_data(tmp_path):
+    """A failed job leaves ``runs/<id>/`` (its config snapshot and log) and maybe a lock:
+    neither its variant, its trait nor its experiment is listed as having data."""
+    from trait_pipeline.layout import experiments, has_data
+
+    lay = Layout(tmp_path, "rm_syco")
+    failed = lay.steering_dir("behavior/sycophancy", "instruct", "response[:5]", "steering")
+    _touch(failed / "runs" / "2026-01-01_00-00-00_abcd" / ".hydra" / "config.yaml")
+    _touch(failed / "runs" / "2026-01-01_00-00-00_abcd" / "run.json")
+    _touch(lay.extraction_dir("behavior/sycophancy", "base") / "runs" / "x" / "extract.log")
+    (lay.extraction_dir("behavior/sycophancy", "base") / ".responses.lock").touch()
+    _touch(lay.inference_dir("rm_lora") / "runs" / "x" / "run.json")
+    assert not has_data(failed)
+    assert lay.variants("steering") == [] and lay.traits("steering") == []
+    assert lay.variants("extraction") == [] and lay.variants("inference") == []
+    assert experiments(tmp_path) == []
+    _touch(failed / "results.json")  # a real result makes all of them appear
+    assert lay.variants("steering") == ["instruct"]
+    assert experiments(tmp_path) == ["rm_syco"]
 
 
 def test_experiments_folder_ships_only_its_readme():

@@ -68,6 +68,7 @@ def test_extraction_grid_is_the_evaluation_file(client, tree):
             i, j = grid["methods"].index(r["method"]), grid["layers"].index(r["layer"])
             assert grid["metrics"]["val_accuracy"][i][j] == r["val_accuracy"]
             assert grid["metrics"]["val_effect_size"][i][j] == r["val_effect_size"]
+            assert grid["intervals"]["val_accuracy"][i][j] == r.get("val_accuracy_ci")
         assert data["best"][TRAIT]["layer"] == 5 and data["vector_counts"][TRAIT] == 12
         (lens,) = data["logit_lens"][TRAIT]
         assert (lens["position"], lens["component"]) == (POSITION, "residual")

@@ -53,9 +53,23 @@ def test_mission_command_two_jobs_one_results_file(extracted, monkeypatch):
     proc = run_stage("steer", "model_variant=rm_lora", "-m", "layer=10,20", experiments=extracted)
     assert proc.returncode == 0
     data = results(extracted, "rm_lora")
+    # rm_lora's baseline sits at the top of the scale: said in one line, nothing searched
+    assert data["baseline"]["trait_mean"] >= 99 and data["runs"] == []
+    assert {(s["layer"], s["status"], s["best_coef"]) for s in data["searches"].values()} == {
+        (10, "saturated", None), (20, "saturated", None)}
+    assert "layers 10, 20: baseline 100: no headroom upward; try search.direction=down" in proc.stdout
+    # so the trait is searched downward: the same two jobs, into the same results.json
+    proc = run_stage("steer", "model_variant=rm_lora", "search.direction=down", "-m", "layer=10,20",
+                     experiments=extracted)
+    data = results(extracted, "rm_lora")
     assert {r["config"]["vectors"][0]["layer"] for r in data["runs"]} == {10, 20}
     assert len(data["runs"]) == 10  # adaptive search: 5 steps per layer
-    assert {s["layer"] for s in data["searches"].values()} == {10, 20}
+    assert all(r["config"]["vectors"][0]["weight"] < 0 for r in data["runs"])
+    down = [s for s in data["searches"].values() if s["direction"] == "down"]
+    assert {s["layer"] for s in down} == {10, 20}
+    assert any(s["status"] == "ok" and s["best_coef"] < 0 for s in down)
+    assert min(r["result"]["trait_mean"] for r in data["runs"]) < data["baseline"]["trait_mean"] - 20
+    data["searches"] = {k: s for k, s in data["searches"].items() if s["direction"] == "down"}
     assert {s["base_coef_source"] for s in data["searches"].values()} == {"extraction"}
     steer_dir = extracted / STEER_DIR.format(variant="rm_lora")
     for r in data["runs"]:
@@ -167,7 +181,8 @@ def test_missing_vector_fails_before_loading_and_loses_nothing(extracted):
 def test_search_with_no_coherent_step_is_reported(extracted, capsys):
     out = steer(extracted, "layer=10", "min_coherence=101", "search.steps=2", "questions=2")
     assert out["searches"][10].status == "no_coherent_step"
-    assert "NO COHERENT STEP" in capsys.readouterr().err
+    captured = capsys.readouterr()  # in the summary (stdout); under Hydra also its log line
+    assert "NO COHERENT STEP" in captured.out + captured.err
     data = results(extracted, "instruct")
     (search,) = data["searches"].values()
     assert search["status"] == "no_coherent_step" and search["best_coef"] is None
@@ -185,6 +200,29 @@ def test_bad_input_on_the_command_line(extracted):
     assert proc.returncode == 2 and "offline judge only knows the demo trait" in proc.stderr
     # Hydra made the job's run folder; no result (or half a result) was written
     assert not list((extracted / "demo").rglob("results.json"))
+
+
+def test_rerun_with_nothing_to_do_is_a_no_op(extracted, monkeypatch, caplog):
+    """No model load, one line per skipped layer group, no file rewritten or added."""
+    import logging
+
+    from trait_pipeline import models
+
+    steer(extracted, "layer=10", "questions=4")  # the adaptive search, once
+    folder = extracted / STEER_DIR.format(variant="instruct")
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+    def no_load(*_a, **_k):
+        raise AssertionError("the model was loaded on a rerun with nothing to do")
+
+    monkeypatch.setattr(models, "load_variant", no_load)
+    caplog.set_level(logging.INFO, logger="trait_pipeline")
+    steer(extracted, "layer=10", "questions=4")
+    after = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+    assert after == before  # results.json, heatmap.png, responses: same files, same mtimes
+    skipped = [r.getMessage() for r in caplog.records if "already in results.json" in r.getMessage()]
+    assert skipped == ["layer 10: 5 configs already in results.json, skipped"]
+    assert any("model not loaded" in r.getMessage() for r in caplog.records)
 
 
 def test_search_starts_from_the_mean_per_token_norm(extracted):

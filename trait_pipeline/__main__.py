@@ -35,6 +35,8 @@ COMMANDS: dict[str, Command] = {
     "migrate": Command("trait_pipeline.migrate", "move an old experiment into the variant layout"),
     "serve": Command("trait_pipeline.serve", "browse results in the dashboard"),
     "status": Command("trait_pipeline.sweep_status", "what became of each job of a sweep"),
+    "runs": Command("trait_pipeline.runs", "one line per run: status, overrides, main result"),
+    "diff": Command("trait_pipeline.diff", "what two runs/compositions ran with; --rev: a config change"),
     "demo": Command("trait_pipeline.demo", "run the whole pipeline on the embedded demo (CPU, offline)"),
 }
 

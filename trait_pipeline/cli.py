@@ -16,6 +16,9 @@ What this adds to plain ``@hydra.main``:
 * Before Hydra runs, every combination of experiment / variant / trait on the line is
   composed and checked, so an unknown name fails in one line before any model loads.
 * In the job, a :class:`PipelineError` prints ``error: <message>`` and exits with status 2.
+* ``-h``/``--help`` prints the stage's own help (``trait_pipeline.help``: description, every
+  key with its default and meaning, the experiment's variants, examples, the doc page);
+  ``--hydra-help`` still prints Hydra's.
 
 Nothing here imports torch: ``--help`` and ``--cfg job`` stay well under a second.
 """
@@ -28,6 +31,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .errors import PipelineError, one_line
 
@@ -66,10 +70,23 @@ def quote_positions(arg: str) -> str:
     return f"{m['prefix']}{m['key']}={quoted}"
 
 
+_INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def _info_last(argv: list[str]) -> list[str]:
+    """``--info [what]`` moved to the end: argparse would take ``--info key=value``'s override
+    for the (optional) topic and reject it."""
+    for i, a in enumerate(argv):
+        if a in ("--info", "-i"):
+            topic = argv[i + 1:i + 2] if argv[i + 1:i + 2] and argv[i + 1] in _INFO_CHOICES else []
+            return argv[:i] + argv[i + 1 + len(topic):] + [a, *topic]
+    return argv
+
+
 def normalize_argv(argv: list[str]) -> list[str]:
     """Move ``-m`` to the front, quote positions, and resolve ``--cfg`` output."""
     flags = [a for a in argv if a in _MULTIRUN_FLAGS]
-    rest = [quote_positions(a) for a in argv if a not in _MULTIRUN_FLAGS]
+    rest = _info_last([quote_positions(a) for a in argv if a not in _MULTIRUN_FLAGS])
     if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in rest) and "--resolve" not in rest:
         rest.append("--resolve")
     return flags[:1] + rest
@@ -80,7 +97,7 @@ def _overrides(argv: list[str]) -> list[str]:
     takes_value = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name",
                    "-cn", "--config-dir", "-cd", "--experimental-rerun"}
     out, skip = [], False
-    for a in argv:
+    for prev, a in zip(["", *argv], argv):
         if skip:
             skip = False
             continue
@@ -89,6 +106,8 @@ def _overrides(argv: list[str]) -> list[str]:
             continue
         if a.startswith("-"):
             continue
+        if a in _INFO_CHOICES and prev in ("--info", "-i"):
+            continue  # the topic of --info, not an override
         out.append(a)
     return out
 
@@ -199,20 +218,85 @@ def preflight(config_name: str, argv: list[str]) -> None:
         GlobalHydra.instance().clear()
 
 
+def _start_record(cfg):
+    """The job's resolved snapshot and ``run.json`` in its Hydra run folder (None outside Hydra)."""
+    from omegaconf import OmegaConf
+
+    from .config import hydra_snapshot_path
+    from .review import run_record
+
+    snap = hydra_snapshot_path()
+    if snap is None:
+        return None
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = snap.parent.parent
+    return run_record.start(
+        run_dir, plain, stage=plain.get("stage"), overrides=list(hc.overrides.task),
+        run_id=run_dir.name, sweep_id=Path(hc.sweep.dir).name if multirun else None,
+        job_num=int(hc.job.num) if multirun else None)
+
+
+def _shows_config(argv: list[str]) -> bool:
+    """``--cfg ...`` or ``--resolve`` alone: we print the config ourselves. Hydra's own printer
+    resolves ``--cfg hydra`` without the job config, where ``${output_dir}`` lives, and
+    rejects ``--resolve`` without ``--cfg``."""
+    if any(a in _NO_PREFLIGHT_FLAGS for a in argv):
+        return False
+    return any(a in ("--cfg", "-c", "--resolve") or a.startswith("--cfg=") for a in argv)
+
+
+def _to_log_files(msg: str) -> None:
+    """Record ``msg`` in the job's log file without a second copy on the console.
+
+    The console gets the error once, from the print to stderr; Hydra's console handler
+    would otherwise repeat it.
+    """
+    record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, msg, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _run_task(task: Callable, cfg) -> object:
     from .config import validate
     from .judges.readiness import check_judge_ready
+    from .review import outcome, run_record
 
+    active = None
     try:
         validate(cfg)
         check_judge_ready(cfg)  # before the stage loads any model
-        return task(cfg)
+        active = _start_record(cfg)
+        returned = task(cfg)
     except PipelineError as exc:
-        log.error("error: %s", one_line(exc))
+        _to_log_files(f"error: {one_line(exc)}")
         print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        if active is not None:
+            active.finish("failed", error=one_line(exc))
         stop = SystemExit(2)
         stop.error = one_line(exc)  # so a sweep launcher can name the error, not just the status
         raise stop from None
+    except KeyboardInterrupt:
+        if active is not None:
+            active.finish("killed", signal="SIGINT")
+        raise
+    except BaseException as exc:
+        if active is not None:
+            active.finish("failed", error=one_line(exc) or type(exc).__name__)
+        raise
+    finally:
+        run_record.stop()
+    if active is not None:
+        active.finish("done", result=outcome.of(
+            active.record.stage, returned, active.snapshot_file,
+            float(cfg.get("min_coherence") or 75.0)))
+    return returned
 
 
 def stage_main(config_name: str) -> Callable[[Callable], Callable[[], None]]:
@@ -227,6 +311,28 @@ def stage_main(config_name: str) -> Callable[[Callable], Callable[[], None]]:
 
             resolvers.register()
             argv = normalize_argv(take_config_dirs(sys.argv[1:]))
+            if any(a in _NO_PREFLIGHT_FLAGS for a in argv) and _overrides(argv):
+                # --help / --info compose the config too: a bad name is one line, not a traceback
+                from .review.compose import check_composes
+
+                try:
+                    check_composes(config_name, _overrides(argv))
+                except PipelineError as exc:
+                    print(f"error: {one_line(exc)}", file=sys.stderr)
+                    raise SystemExit(2) from None
+            if any(a in ("-h", "--help") for a in argv):
+                from .help import format_help
+
+                print(format_help(config_name, _overrides(argv)))
+                raise SystemExit(0)
+            if _shows_config(argv):
+                from .review.compose import show_cfg
+
+                try:
+                    raise SystemExit(show_cfg(config_name, argv))
+                except PipelineError as exc:
+                    print(f"error: {one_line(exc)}", file=sys.stderr)
+                    raise SystemExit(2) from None
             if not any(a in _NO_PREFLIGHT_FLAGS for a in argv):
                 try:
                     preflight(config_name, argv)

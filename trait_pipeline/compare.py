@@ -217,6 +217,7 @@ def plot(record: dict, path: Path, max_plots: int = 12) -> None:
         diff = "n/a" if r["diff"] is None else f"{r['diff']:+.3g}"
         ax.set_title(f"prompt {r['prompt_id']}: mean diff {diff}", fontsize=9)
         ax.set_xlabel("response token")
+        ax.set_ylabel("projection on the trait vector", fontsize=8)
     for ax in list(axes.flat)[len(rows):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)

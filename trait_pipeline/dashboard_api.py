@@ -29,6 +29,7 @@ from .errors import PipelineError
 from .evaluation import add_combined_scores, best_per_trait
 from .layout import SCHEMA_VERSION, Layout, LayoutError, check_name, parse_position_dir
 from .positions import Position, PositionError
+from .review import dashboard_views as review_views
 from .steering_summary import (
     DEFAULT_MIN_COHERENCE,
     best_per_layer,
@@ -36,7 +37,8 @@ from .steering_summary import (
     read_results,
 )
 
-METRICS = ("combined_score", "val_accuracy", "val_effect_size")
+METRICS = ("combined_score", "val_accuracy", "val_effect_size", "p_value", "null_percentile")
+CI_METRICS = ("val_accuracy", "val_effect_size")  # metrics stored with a 95 % interval (<metric>_ci)
 MAX_RESPONSES = 200  # a response browser page; steering files hold tens of questions
 
 
@@ -111,7 +113,36 @@ class Dashboard:
                 "variants": inference_variants,
                 "traits": sorted({t for v in inference_variants for t in lay.projection_traits(v)}),
             },
+            # what each variant loads, read from its runs' snapshots (for the variant pickers)
+            "variant_info": review_views.variant_info(lay.root),
         }
+
+    # runs and their resolved configs ----------------------------------------------------
+    def runs(self, experiment: str) -> dict:
+        """Every run folder of the experiment with status and main result."""
+        lay = self.layout(experiment)
+        return {"schema_version": SCHEMA_VERSION, "experiment": experiment,
+                "runs": review_views.runs_of(lay.root)}
+
+    def run_config(self, experiment: str, run: str) -> dict:
+        """One run's resolved snapshot (``run``: its folder relative to the experiment)."""
+        lay = self.layout(experiment)
+        return review_views.run_config(lay.root, run)
+
+    def run_diff(self, experiment: str, a: str, b: str, show_all: bool = False) -> dict:
+        """What two runs ran with, side by side (the ``trait-pipeline diff`` of them)."""
+        lay = self.layout(experiment)
+        return review_views.run_diff(lay.root, a, b, show_all)
+
+    def _run_of(self, lay: Layout, base: Path, entry: dict) -> str | None:
+        """The run folder (relative to the experiment) a result entry's snapshot link names."""
+        d = review_views.run_dir_of(base, entry.get("snapshot"))
+        if d is None:
+            return None
+        try:
+            return inside(lay.root, d).relative_to(lay.root.resolve()).as_posix()
+        except LayoutError:
+            return None
 
     # extraction -------------------------------------------------------------------------
     def extraction(self, experiment: str, variant: str) -> dict:
@@ -127,8 +158,12 @@ class Dashboard:
         best = data.get("best") or (best_per_trait(rows) if rows else {})
         traits = sorted({r["trait"] for r in rows} | set(lay.traits("extraction")))
         heatmaps: dict[str, list[dict]] = {}
+        bands = {(e.get("trait"), str(e.get("position")), str(e.get("component", "residual"))):
+                 e.get("null_band") for e in (data.get("entries") or []) if isinstance(e, dict)}
         for trait in sorted({r["trait"] for r in rows}):
             heatmaps[trait] = _method_grids([r for r in rows if r["trait"] == trait])
+            for g in heatmaps[trait]:
+                g["null_band"] = bands.get((trait, g["position"], g["component"]))
         lens = {}
         vectors = {}
         for trait in traits:
@@ -146,7 +181,14 @@ class Dashboard:
             vectors[trait] = len(lay.vector_files(trait, variant))
         if not rows and not vectors:
             raise NotFound(f"no extraction data for variant {variant!r} in experiment {experiment!r}")
+        config_runs: dict[str, list[dict]] = defaultdict(list)
+        for e in data.get("entries") or []:
+            run = self._run_of(lay, path.parent, e) if isinstance(e, dict) else None
+            if run:
+                config_runs[str(e.get("trait"))].append(
+                    {"position": e.get("position"), "component": e.get("component"), "run": run})
         return {
+            "config_runs": dict(config_runs),
             "schema_version": SCHEMA_VERSION, "experiment": experiment, "variant": variant,
             "evaluation_file": path.relative_to(self.root).as_posix() if rows else None,
             "metrics": list(METRICS), "traits": traits, "best": best,
@@ -199,8 +241,10 @@ class Dashboard:
                     for s in best.values()
                 ],
             })
+        entries = {str(e.get("key")): e for e in data.get("runs") or [] if isinstance(e, dict)}
         runs = [
-            {"run": keys[i], "layers": list(r.layers), "coefs": list(r.coefs), "method": r.method,
+            {"config_run": self._run_of(lay, path.parent, entries.get(keys[i], {})),
+             "run": keys[i], "layers": list(r.layers), "coefs": list(r.coefs), "method": r.method,
              "component": r.component, "trait_mean": r.trait_mean,
              "coherence_mean": r.coherence_mean, "delta": r.delta, "n": r.n,
              "single": r.single, "has_responses": bool(r.responses)}
@@ -345,8 +389,16 @@ def _method_grids(rows: list[dict]) -> list[dict]:
                     val = float(val)
                 grid[methods.index(str(r["method"]))][layers.index(int(r["layer"]))] = val
             metrics[m] = grid
+        intervals = {}
+        for m in CI_METRICS:
+            cis: list[list[list[float] | None]] = [[None] * len(layers) for _ in methods]
+            for r in sub:
+                ci = r.get(f"{m}_ci")
+                if isinstance(ci, list) and len(ci) == 2:
+                    cis[methods.index(str(r["method"]))][layers.index(int(r["layer"]))] = ci
+            intervals[m] = cis
         out.append({"position": pos, "component": comp, "layers": layers, "methods": methods,
-                    "metrics": metrics})
+                    "metrics": metrics, "intervals": intervals})
     return out
 
 

@@ -4,7 +4,9 @@ Runs the real entry points, one after the other, exactly as a user would type th
 
 1. ``extract``                      vectors for demo/optimism from the base variant
 2. ``steer``                        adaptive coefficient search on instruct, layer 10
-   ``steer model_variant=rm_lora -m layer=10,20``   the mission command
+   ``steer model_variant=rm_lora -m layer=10,20``   the mission command (rm_lora's baseline is
+                                   at the top of the scale: it says so, no best coefficient)
+   ``steer model_variant=rm_lora search.direction=down layer=10``   rm_lora steered down
 3. ``infer -m model_variant=instruct,rm_lora``      per-token monitoring of both variants
 4. ``infer model_variant=rm_lora replay=instruct``  the same tokens through rm_lora
 5. ``compare model_variants=[instruct,rm_lora]`` (own answers, then ``replay=true``: same tokens)
@@ -24,6 +26,7 @@ STEPS: list[tuple[str, list[str]]] = [
     ("extract", []),
     ("steer", []),
     ("steer", ["model_variant=rm_lora", "-m", "layer=10,20"]),
+    ("steer", ["model_variant=rm_lora", "search.direction=down", "layer=10"]),
     ("infer", ["-m", "model_variant=instruct,rm_lora"]),
     ("infer", ["model_variant=rm_lora", "replay=instruct"]),
     ("compare", ["model_variants=[instruct,rm_lora]"]),

@@ -89,6 +89,13 @@ def _config_path() -> str | None:
     return None if path is None else str(path)
 
 
+def _snapshot(base: Path) -> str | None:
+    """This job's resolved snapshot, relative to ``base`` (the folder of the file citing it)."""
+    from .review.run_record import snapshot_link
+
+    return snapshot_link(base)
+
+
 def parse_force(value: Any) -> set[str]:
     """``false`` -> {}, ``true`` -> every step, ``[vectors]`` / ``vectors`` -> those steps."""
     if value is None or value is False:
@@ -219,11 +226,15 @@ class Job:
     @property
     def lm(self):
         if self._lm is None:
+            from . import demo_family
             from .models import load_variant
 
-            t0 = time.perf_counter()
+            t0, built = time.perf_counter(), demo_family.LAST_BUILD_SECONDS
             self._lm = load_variant(self.spec, device=str(self.cfg.get("device", "auto")))
-            self.timings["load_model"] = round(time.perf_counter() - t0, 3)
+            seconds = time.perf_counter() - t0
+            if demo_family.LAST_BUILD_SECONDS is not built:  # the first use built the family
+                seconds -= demo_family.LAST_BUILD_SECONDS or 0.0
+            self.timings["load_model"] = round(seconds, 3)
         return self._lm
 
     def provenance(self) -> dict:
@@ -364,7 +375,7 @@ def step_generate(job: Job) -> str:
         **settings, "n_pos": len(records["pos"]), "n_neg": len(records["neg"]),
         "n_scenarios": job.data.n_pairs, "has_system_prompts": job.data.has_system_prompts,
         "files": list(job.data.files), "content_digest": digest(records), "inputs": inputs,
-        "config": _config_path(), "timestamp": _now(),
+        "config": _config_path(), "snapshot": _snapshot(d), "timestamp": _now(),
     })
     return "ran"
 
@@ -417,7 +428,7 @@ def _vet_file(kind: str, job: Job, scores: dict[str, list], keys: dict[str, list
         "thresholds": {"pos_threshold": float(vet.pos_threshold), "neg_threshold": float(vet.neg_threshold)},
         "summary": summary, "failed_indices": failed, "results": results,
         "content_digest": digest([r["score"] for r in results]), "inputs": inputs,
-        "config": _config_path(), "timestamp": _now(),
+        "config": _config_path(), "snapshot": _snapshot(job.root / "vetting"), "timestamp": _now(),
     }
 
 
@@ -624,6 +635,7 @@ def step_activations(job: Job) -> str:
                 f"({len(skipped)} empty windows, vetting dropped {len(dropped[side])}); "
                 "loosen vetting thresholds or pick another position"
             )
+    _check_activation_footprint(job, rows, val_split)
     with tqdm(total=len(examples), desc=f"capture {job.component}", unit="ex") as bar:
         tok_norms: dict = {}
         acts = capture_means(lm, examples, position, job.component,
@@ -656,9 +668,30 @@ def step_activations(job: Job) -> str:
         "split": {"val_split": val_split, "seed": seed, "grouped_by": "scenario_idx",
                   "val_scenarios": sorted(val_scen)},
         "skipped": skipped, "vetting": vet_info, "activation_norms": norms, "token_norms": token_norms,
-        "content_digest": content, "inputs": inputs, "config": _config_path(), "timestamp": _now(),
+        "content_digest": content, "inputs": inputs, "config": _config_path(), "snapshot": _snapshot(d),
+        "timestamp": _now(),
     })
     return "ran"
+
+
+def _check_activation_footprint(job: Job, rows: dict, val_split: float) -> None:
+    """Print what train/val.safetensors will take (float32 window means) and refuse when the
+    disk cannot hold them (``disk_check=false`` writes anyway)."""
+    import json
+
+    from .models import model_dims
+    from .storage.footprint import Footprint, check_disk, safetensors_bytes
+
+    n_layers, hidden = model_dims(job.spec)
+    total = 0
+    for split in ("train", "val") if val_split > 0 else ("train",):
+        shapes = {side: (len(rows[split][side]), n_layers, hidden) for side in POLARITIES}
+        meta = {"trait": json.dumps(job.trait), "split": json.dumps(split)}
+        total += safetensors_bytes(shapes, 4, meta)
+    n = sum(len(v) for split in rows.values() for v in split.values())
+    check_disk(Footprint(total, f"activations of {n} examples",
+                         f"{n_layers} layers x {hidden} wide, float32 window means", job.acts_dir),
+               bool(job.cfg.get("disk_check", True)))
 
 
 def load_activations(job: Job) -> tuple[dict[str, dict[str, Any]], dict]:
@@ -708,7 +741,7 @@ def step_vectors(job: Job) -> str:
         write_json(d / "metadata.json", {
             "schema_version": SCHEMA_VERSION, **job.provenance(), "method": method, "seed": seed,
             "layers": per_layer, "content_digest": h.hexdigest()[:16], "inputs": inputs,
-            "config": _config_path(), "timestamp": _now(),
+            "config": _config_path(), "snapshot": _snapshot(d), "timestamp": _now(),
         })
         ran.append(method)
     return f"ran ({', '.join(ran)})" if ran else "skipped"
@@ -733,8 +766,9 @@ def step_evaluate(job: Job) -> str:
     if "val" not in acts or not all(len(acts["val"][s]) for s in POLARITIES):
         return "off (no val split)"
     vecs = {m: load_method_vectors(job, m) for m in job.methods}
+    ev_cfg = _evaluation_settings(job)
     inputs = {m: digest({"activations": ameta["content_digest"], "vectors": meta["content_digest"],
-                         "layers": job.layers}) for m, (_, meta) in vecs.items()}
+                         "layers": job.layers, "null": ev_cfg}) for m, (_, meta) in vecs.items()}
     out, png = job.evaluation_path, job.plot_path
     variant_file = job.layout.evaluation_path(job.spec.name)
     done = (_read_or_none(out) or {}).get("inputs", {})
@@ -743,30 +777,89 @@ def step_evaluate(job: Job) -> str:
             or in_variant.get(m) != inputs[m]]
     if not todo and png.is_file():
         return "skipped"
-    from .evaluation import add_combined_scores, best_per_trait, score_vector
+    from .evaluation import (
+        add_combined_scores,
+        add_null_scores,
+        best_per_trait,
+        null_distribution,
+        score_vector,
+        small_val_warning,
+    )
 
+    n_vp, n_vn = len(acts["val"]["pos"]), len(acts["val"]["neg"])
+    warning = small_val_warning(n_vp, n_vn)
+    if warning:
+        log.warning("%s", warning)
+    nulls = {}
+    for la in sorted({la for m in todo for la in vecs[m][0]}):
+        # one seed per layer, so each layer's null is its own sample but reruns repeat it
+        nulls[la] = null_distribution(
+            acts["train"]["pos"][:, la], acts["train"]["neg"][:, la],
+            acts["val"]["pos"][:, la], acts["val"]["neg"][:, la],
+            n=ev_cfg["null_directions"], seed=ev_cfg["seed"] * 1_000_003 + la)
     rows = []
     for method in todo:
         for la, v in vecs[method][0].items():
             s = score_vector(acts["train"]["pos"][:, la], acts["train"]["neg"][:, la],
                              acts["val"]["pos"][:, la], acts["val"]["neg"][:, la], v)
-            rows.append({"trait": job.trait, "method": method, "layer": la,
-                         "component": job.component, "position": job.position, **s.as_dict()})
+            row = {"trait": job.trait, "method": method, "layer": la,
+                   "component": job.component, "position": job.position,
+                   **_rounded(s.as_dict())}
+            rows.append(add_null_scores(row, nulls[la], ev_cfg["alpha"]))
     old = _read_or_none(out) or {}
     kept = [r for r in old.get("results", []) if r["method"] not in todo]
     all_rows = add_combined_scores(kept + rows)
+    for r in all_rows:
+        r["combined_score"] = round(r["combined_score"], 4)
     all_rows.sort(key=lambda r: (METHODS.index(r["method"]), r["layer"]))
     method_inputs = {**{m: i for m, i in old.get("inputs", {}).items() if m not in todo},
                      **{m: inputs[m] for m in todo}}
+    null_block = {**old.get("null", {}).get("layers", {}),
+                  **{str(la): n.band() for la, n in nulls.items()}}
+    best = best_per_trait(all_rows).get(job.trait)
     write_json(out, {
         "schema_version": SCHEMA_VERSION, **job.provenance(), "n_layers": job.n_layers,
         "counts": ameta["counts"], "activation_norms": ameta["activation_norms"],
-        "best": best_per_trait(all_rows).get(job.trait), "results": all_rows,
-        "inputs": method_inputs, "config": _config_path(), "timestamp": _now(),
+        "best": best,
+        "best_note": None if best else "no vector beats the null of random directions "
+                                        f"(p <= {ev_cfg['alpha']})",
+        "null": {**ev_cfg, "statistic": "signed val effect size",
+                 "layers": dict(sorted(null_block.items(), key=lambda kv: int(kv[0])))},
+        "warnings": [warning] if warning else [],
+        "results": all_rows,
+        "inputs": method_inputs, "config": _config_path(), "snapshot": _snapshot(out.parent),
+        "timestamp": _now(),
     })
     write_heatmap(png, all_rows, job)
-    merge_variant_evaluation(variant_file, job, rows, todo, ameta, inputs)
+    merge_variant_evaluation(variant_file, job, rows, todo, ameta, inputs, null_block)
     return f"ran ({', '.join(todo)})"
+
+
+def _evaluation_settings(job: Job) -> dict:
+    """The null's settings (``evaluation:`` in extract.yaml); they key the step's inputs."""
+    from .evaluation import ALPHA, NULL_DIRECTIONS
+
+    ev = job.cfg.get("evaluation") or {}
+    n = int(ev.get("null_directions", NULL_DIRECTIONS))
+    alpha = float(ev.get("alpha", ALPHA))
+    if n < 1:
+        raise PipelineError(f"evaluation.null_directions={n}: expected an integer >= 1")
+    if not 0 < alpha < 1:
+        raise PipelineError(f"evaluation.alpha={alpha}: expected a number between 0 and 1")
+    return {"null_directions": n, "alpha": alpha, "seed": int(job.cfg.seed)}
+
+
+def _rounded(score: dict) -> dict:
+    """Scores at the precision they carry (4 decimals), without float noise in the JSON."""
+    out = {}
+    for k, v in score.items():
+        if isinstance(v, float):
+            out[k] = round(v, 4)
+        elif isinstance(v, list):
+            out[k] = [round(x, 4) for x in v]
+        else:
+            out[k] = v
+    return out
 
 
 def _entry_key(job: Job) -> dict:
@@ -782,7 +875,8 @@ def _variant_entry(path: Path, job: Job) -> dict:
 
 
 def merge_variant_evaluation(path: Path, job: Job, rows: list[dict], methods: list[str],
-                             ameta: dict, inputs: dict[str, str]) -> None:
+                             ameta: dict, inputs: dict[str, str],
+                             null_bands: dict | None = None) -> None:
     """Put this (trait, position, component)'s rows of ``methods`` into ``_evaluation/{variant}.json``.
 
     Parallel sweep jobs write the same file, so read-modify-write happens under a lock.
@@ -802,7 +896,9 @@ def merge_variant_evaluation(path: Path, job: Job, rows: list[dict], methods: li
         entries.append({**key, "n_layers": job.n_layers, "counts": ameta["counts"],
                         "activation_norms": ameta["activation_norms"],
                         "inputs": {**prev.get("inputs", {}), **{m: inputs[m] for m in methods}},
-                        "config": _config_path(), "timestamp": _now()})
+                        "null_band": null_bands if null_bands is not None else prev.get("null_band"),
+                        "config": _config_path(), "snapshot": _snapshot(path.parent),
+                        "timestamp": _now()})
         all_rows = add_combined_scores(old_rows + [dict(r) for r in rows])
         all_rows.sort(key=lambda r: (r["trait"], r["position"], r["component"],
                                      METHODS.index(r["method"]) if r["method"] in METHODS else 99,
@@ -898,7 +994,7 @@ def step_logit_lens(job: Job) -> str:
                      "methods": methods,
                      "inputs": {**{m: i for m, i in old.get("inputs", {}).items() if m not in todo},
                                 **{m: inputs[m] for m in todo}},
-                     "config": _config_path(), "timestamp": _now()})
+                     "config": _config_path(), "snapshot": _snapshot(out.parent), "timestamp": _now()})
     return f"ran ({', '.join(todo)})"
 
 
@@ -955,7 +1051,14 @@ def run_job(job: Job) -> dict:
         job.timings[step] = round(time.perf_counter() - t0, 3)
         job.cpu_timings[step] = round(time.process_time() - c0, 3)  # wall time lies on a shared machine
         log.info("%s: %s (%.1fs)", step, job.status[step], job.timings[step])
-    job.timings["total"] = round(time.perf_counter() - t_start, 3)
+    total = time.perf_counter() - t_start
+    from . import demo_family
+
+    if demo_family.LAST_BUILD_SECONDS is not None:
+        # a one-off cost of the first run: reported on its own, not inside the stage's total
+        job.timings["demo_family_build"] = round(demo_family.LAST_BUILD_SECONDS, 3)
+        total -= demo_family.LAST_BUILD_SECONDS
+    job.timings["total"] = round(total, 3)
     summary = make_summary(job)
     print(format_summary(summary), flush=True)
     return summary
@@ -980,9 +1083,13 @@ def make_summary(job: Job) -> dict:
             if cur is None or (r["val_accuracy"], r["val_effect_size"]) > (cur["val_accuracy"], cur["val_effect_size"]):
                 per_method[r["method"]] = r
         summary["best_per_method"] = {
-            m: {"layer": r["layer"], "val_accuracy": r["val_accuracy"],
-                "val_effect_size": round(r["val_effect_size"], 3)} for m, r in per_method.items()}
+            m: {k: r[k] for k in ("layer", "val_accuracy", "val_effect_size", "val_accuracy_ci",
+                                  "val_effect_size_ci", "p_value", "null_percentile") if k in r}
+            for m, r in per_method.items()}
         summary["best"] = ev.get("best")
+        summary["best_note"] = ev.get("best_note")
+        summary["null"] = {k: v for k, v in (ev.get("null") or {}).items() if k != "layers"}
+        summary["warnings"] = ev.get("warnings", [])
     lens = _read_or_none(job.lens_path)
     if lens and summary.get("best") and summary["best"]["method"] in lens.get("methods", {}):
         late = lens["methods"][summary["best"]["method"]]["late"]
@@ -1003,15 +1110,30 @@ def format_summary(s: dict) -> str:
     if "load_model" in s["timings"]:
         lines.append(f"   {'(model load)':<12} {'':<28} {s['timings']['load_model']:7.2f}s")
     lines.append(f"   {'total':<12} {'':<28} {s['timings']['total']:7.2f}s")
+    if "demo_family_build" in s["timings"]:
+        lines.append(f"   (plus the one-off demo family build: {s['timings']['demo_family_build']:.0f}s)")
     if s.get("counts"):
         c = s["counts"]
         lines.append(f"   examples: train {c['train']['pos']}+/{c['train']['neg']}-, "
                      f"val {c['val']['pos']}+/{c['val']['neg']}-, skipped {s.get('skipped_examples', 0)}")
+    for w in s.get("warnings") or []:
+        lines.append(f"   warning: {w}")
+    if s.get("null"):
+        lines.append(f"   null: {s['null']['null_directions']} random directions per layer;"
+                     f" [95 % intervals], p = share of the null doing as well")
     for m, r in (s.get("best_per_method") or {}).items():
-        lines.append(f"   {m:<16} best layer {r['layer']:>3}: val acc {r['val_accuracy']:.3f}, d {r['val_effect_size']:.2f}")
+        line = (f"   {m:<16} best layer {r['layer']:>3}: val acc {r['val_accuracy']:.3f}"
+                + (" [{:.2f}, {:.2f}]".format(*r["val_accuracy_ci"]) if "val_accuracy_ci" in r else "")
+                + f", d {r['val_effect_size']:.2f}"
+                + (" [{:.2f}, {:.2f}]".format(*r["val_effect_size_ci"]) if "val_effect_size_ci" in r else ""))
+        if "p_value" in r:
+            line += f", p {r['p_value']:.3f} (null pct {r['null_percentile']:.0f})"
+        lines.append(line)
     if s.get("best"):
         b = s["best"]
         lines.append(f"   best vector: {b['method']} layer {b['layer']} (combined {b['combined_score']:.3f})")
+    elif s.get("best_note"):
+        lines.append(f"   best vector: none ({s['best_note']})")
     if s.get("logit_lens"):
         ll = s["logit_lens"]
         lines.append(f"   logit lens L{ll['layer']}: toward {' '.join(ll['toward'])} | away {' '.join(ll['away'])}")

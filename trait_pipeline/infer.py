@@ -27,6 +27,12 @@ From config to files, for each prompt set (``datasets/inference/{set}.json``):
    0-100 for exploiting the reward-model bias its prompt names; the score is stored in the
    response file (``bias_exploitation``) and :mod:`.compare` reports it per variant and per bias.
 
+``capture_layers=[...]`` keeps only those layers (plus each vector's layer) in the raw files;
+``save_raw=false`` keeps no raw file at all: tokens are projected as they are captured, and
+only responses and projections are written. Before the first raw file, the stage prints the
+footprint of the files it is about to write (:mod:`.storage.footprint`) and refuses in one
+line when the disk cannot hold it (``disk_check=false`` writes anyway).
+
 Existing files are kept (``force=true`` redoes them); a projection is redone when the vector
 it was made with is no longer the one chosen.
 """
@@ -106,8 +112,14 @@ def _batch_limit(lm, items: Sequence[Item], components: Sequence[str], max_new: 
 def capture_items(
     lm, lay: Layout, spec: VariantSpec, cfg: DictConfig, prompt_set: PromptSet,
     items: list[Item], components: Sequence[str], replayed_from: str | None,
+    layers: Sequence[int] | None = None, on_the_fly: Sequence[LoadedVector] = (),
+    cleaning: Cleaning | None = None,
 ) -> None:
-    """Capture ``items`` batch by batch and write each prompt's raw + response files."""
+    """Capture ``items`` batch by batch and write each prompt's raw + response files.
+
+    ``layers``: which layers to keep (default all). With ``on_the_fly`` vectors the raw
+    file is not written: each prompt is projected onto them right away instead.
+    """
     from tqdm import tqdm
 
     from .generation import batched, resolve_batch_size
@@ -126,12 +138,13 @@ def capture_items(
         if replayed_from is None:
             seqs = capture_generate(lm, [it.prompt_ids for it in chunk], components,
                                     max_new_tokens=max_new, temperature=float(gen.temperature),
-                                    seed=int(cfg.seed) + start)
+                                    seed=int(cfg.seed) + start, layers=layers)
         else:
             seqs = capture_replay(lm, [it.prompt_ids for it in chunk],
-                                  [it.response_ids for it in chunk], components)
+                                  [it.response_ids for it in chunk], components, layers=layers)
         for it, seq in zip(chunk, seqs):
-            _write_capture(lay, spec, cfg, prompt_set, it, seq, components, replayed_from, lm)
+            _write_capture(lay, spec, cfg, prompt_set, it, seq, components, replayed_from, lm,
+                           layers, on_the_fly, cleaning)
 
     try:
         batched(len(items), run, size, progress=bar.update)
@@ -139,10 +152,23 @@ def capture_items(
         bar.close()
 
 
-def _write_capture(lay, spec, cfg, prompt_set, item, seq, components, replayed_from, lm) -> None:
+def _raw_metadata(cfg, spec, prompt_set_name, pid, components, replayed_from,
+                  layers: Sequence[int]) -> dict:
+    return {
+        "experiment": str(cfg.experiment), "model_variant": spec.name, "model": spec.model,
+        "lora": spec.lora, "revision": spec.revision, "prompt_set": prompt_set_name,
+        "prompt_id": pid, "components": list(components), "layers": [int(la) for la in layers],
+        "layer_convention": _layer_convention(), "replayed_from": replayed_from,
+        "shape": "[n_tokens, n_layers, hidden]",
+    }
+
+
+def _write_capture(lay, spec, cfg, prompt_set, item, seq, components, replayed_from, lm,
+                   layers=None, on_the_fly=(), cleaning=None) -> None:
     from .vector_store import atomic_save_tensors
 
     pid = item.prompt.id
+    layers = list(range(lm.n_layers)) if layers is None else list(layers)
     raw = lay.raw_path(spec.name, prompt_set.name, pid, replayed_from)
     tensors = {f"prompt.{c}": seq.prompt[c] for c in components}
     tensors |= {f"response.{c}": seq.response[c] for c in components}
@@ -151,13 +177,15 @@ def _write_capture(lay, spec, cfg, prompt_set, item, seq, components, replayed_f
         if (seq.prompt[c].shape[0], seq.response[c].shape[0]) != (len(seq.prompt_ids),
                                                                   len(seq.response_ids)):
             raise RuntimeError(f"capture of prompt {pid}: {c} rows do not match the tokens")
-    meta = {
-        "experiment": str(cfg.experiment), "model_variant": spec.name, "model": spec.model,
-        "lora": spec.lora, "revision": spec.revision, "prompt_set": prompt_set.name,
-        "prompt_id": pid, "components": list(components), "layer_convention": _layer_convention(),
-        "replayed_from": replayed_from, "shape": "[n_tokens, n_layers, hidden]",
-    }
-    atomic_save_tensors(raw, tensors, meta)
+    meta = _raw_metadata(cfg, spec, prompt_set.name, pid, components, replayed_from, layers)
+    if on_the_fly:  # save_raw=false: project now, keep no activations
+        for vec in on_the_fly:
+            rec = project_tensors(tensors, meta, prompt_set.name, pid, vec, bool(cfg.centered),
+                                  lay, spec.name, replayed_from, raw=None, cleaning=cleaning)
+            write_json(lay.projection_path(spec.name, vec.choice.trait, prompt_set.name, pid,
+                                           replayed_from), rec)
+    else:
+        atomic_save_tensors(raw, tensors, meta)
     tok = lm.tokenizer
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -172,7 +200,10 @@ def _write_capture(lay, spec, cfg, prompt_set, item, seq, components, replayed_f
             "generation": None if replayed_from else {
                 "max_new_tokens": int(cfg.generation.max_new_tokens),
                 "temperature": float(cfg.generation.temperature), "seed": int(cfg.seed)},
-            "raw": raw.relative_to(lay.root).as_posix(),
+            "raw": None if on_the_fly else raw.relative_to(lay.root).as_posix(),
+            "captured_layers": layers,
+            "snapshot": _snapshot(lay.inference_response_path(spec.name, prompt_set.name, pid,
+                                                              replayed_from).parent),
             "capture_date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     }
@@ -282,22 +313,38 @@ def project_file(lay: Layout, variant: str, prompt_set: str, prompt_id, vec: Loa
                  centered: bool, replayed_from: str | None = None,
                  cleaning: Cleaning | None = None) -> dict:
     """Project one captured prompt onto ``vec``; returns the projection record (not written)."""
-    from .monitoring.massive_dims import massive_record
-    from .projection import mean, project_tokens
     from .vector_store import load_tensors
 
     raw = lay.raw_path(variant, prompt_set, prompt_id, replayed_from)
     tensors, meta = load_tensors(raw)
+    return project_tensors(tensors, meta, prompt_set, prompt_id, vec, centered, lay, variant,
+                           replayed_from, raw, cleaning)
+
+
+def project_tensors(tensors: dict, meta: dict, prompt_set: str, prompt_id, vec: LoadedVector,
+                    centered: bool, lay: Layout, variant: str, replayed_from: str | None,
+                    raw: Path | None, cleaning: Cleaning | None = None) -> dict:
+    """The projection record of one prompt's captured tensors (from a raw file, or straight
+    from the capture when ``save_raw=false``: then ``raw`` is None)."""
+    from .monitoring.massive_dims import massive_record
+    from .projection import mean, project_tokens
+
+    where = raw if raw is not None else f"the capture of prompt {prompt_id}"
     comp, layer = vec.choice.component, vec.choice.layer
     if f"response.{comp}" not in tensors:
         raise PipelineError(
-            f"{raw} has no {comp!r} activations (captured: {', '.join(meta.get('components', []))}); "
+            f"{where} has no {comp!r} activations (captured: {', '.join(meta.get('components', []))}); "
             f"rerun with capture_components=[...,{comp}] force=true"
         )
+    captured = [int(la) for la in meta.get("layers") or range(tensors[f"response.{comp}"].shape[1])]
+    if layer not in captured:
+        raise PipelineError(f"{where} has no layer {layer} (captured layers: {captured}); "
+                            f"rerun with capture_layers including {layer} and force=true")
     out = {"schema_version": SCHEMA_VERSION}
     cleaning = cleaning or Cleaning()
     drop = cleaning.dims if cleaning.mode == "massive" else None
-    phases = {ph: project_tokens(tensors[f"{ph}.{comp}"], vec.vector, layer,
+    row = captured.index(layer)  # the layer's row in the (possibly partial) capture
+    phases = {ph: project_tokens(tensors[f"{ph}.{comp}"], vec.vector, row,
                                  baseline=vec.baseline if centered else None, exclude_dims=drop)
               for ph in ("prompt", "response")}
     out["metadata"] = {
@@ -306,14 +353,17 @@ def project_file(lay: Layout, variant: str, prompt_set: str, prompt_id, vec: Loa
         "n_prompt_tokens": len(phases["prompt"].projections),
         "n_response_tokens": len(phases["response"].projections),
         "vector_source": vec.source(lay, centered),
-        "raw": raw.relative_to(lay.root).as_posix(),
+        "raw": None if raw is None else raw.relative_to(lay.root).as_posix(),
+        "activation_norm_layers": captured,
+        "snapshot": _snapshot(lay.projection_path(variant, vec.choice.trait, prompt_set, prompt_id,
+                                                  replayed_from).parent),
         "clean": cleaning.mode,
         "massive_dims": cleaning.dims if cleaning.calibration is not None else None,
         "projection_date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if cleaning.calibration is not None:  # lets a reader clean or un-clean without the raw file
         out["massive"] = massive_record(
-            {ph: tensors[f"{ph}.{comp}"] for ph in ("prompt", "response")}, layer, vec.vector,
+            {ph: tensors[f"{ph}.{comp}"] for ph in ("prompt", "response")}, row, vec.vector,
             cleaning.dims, cleaning.path, cleaning.calibration.get("criterion"))
     out["projections"] = {ph: p.projections for ph, p in phases.items()}
     out["token_norms"] = {ph: p.token_norms for ph, p in phases.items()}
@@ -473,6 +523,64 @@ def _capture_components(cfg: DictConfig, vectors: Sequence[LoadedVector]) -> lis
     return list(dict.fromkeys(comps))
 
 
+def capture_layer_list(value, n_layers: int, vectors: Sequence[LoadedVector] = ()) -> list[int]:
+    """``capture_layers`` (``all``, an int or a list) plus each vector's layer, sorted.
+
+    >>> capture_layer_list([20, 10], 32)
+    [10, 20]
+    >>> capture_layer_list("all", 3)
+    [0, 1, 2]
+    """
+    from omegaconf import ListConfig
+
+    if value is None or value == "all":
+        return list(range(n_layers))
+    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    out = set()
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise PipelineError(f"bad capture_layers entry {item!r}: expected 'all', an int or a "
+                                f"list of ints in 0..{n_layers - 1}")
+        if not 0 <= item < n_layers:
+            raise PipelineError(f"capture_layers: layer {item} out of range: the model has layers "
+                                f"0..{n_layers - 1}")
+        out.add(int(item))
+    if not out:
+        raise PipelineError("capture_layers is empty: expected 'all', an int or a list of ints")
+    for v in vectors:  # a vector of layer L needs L captured
+        if v.choice.layer not in out:
+            log.info("capture_layers: adding layer %d (the vector of %s)", v.choice.layer,
+                     v.choice.trait)
+            out.add(int(v.choice.layer))
+    return sorted(out)
+
+
+def raw_footprint(cfg: DictConfig, lay: Layout, spec: VariantSpec, prompt_set: PromptSet,
+                  items: Sequence[Item], components: Sequence[str], layers: Sequence[int],
+                  hidden: int, replayed_from: str | None):
+    """What the raw files of ``items`` will take on disk (responses at ``max_new_tokens``)."""
+    import json
+
+    from .models import torch_dtype
+    from .storage.footprint import Footprint, safetensors_bytes
+
+    elt = torch_dtype(spec.dtype).itemsize
+    max_new = int(cfg.generation.max_new_tokens)
+    total = 0
+    for it in items:
+        n_r = len(it.response_ids) if it.response_ids is not None else max_new
+        shapes = {f"{ph}.{c}": (n, len(layers), hidden) for c in components
+                  for ph, n in (("prompt", len(it.prompt_ids)), ("response", n_r))}
+        meta = _raw_metadata(cfg, spec, prompt_set.name, it.prompt.id, components, replayed_from,
+                             layers)
+        total += safetensors_bytes(shapes, elt, {k: json.dumps(v) for k, v in meta.items()})
+    detail = (f"{len(layers)} layers x {hidden} wide x {len(components)} component(s), "
+              f"{spec.dtype}, " + ("replayed responses" if replayed_from else
+                                   f"responses counted at max_new_tokens={max_new}"))
+    target = lay.raw_path(spec.name, prompt_set.name, "x", replayed_from).parent
+    return Footprint(total, f"raw activations of {len(items)} prompts", detail, target)
+
+
 def _check_replay(cfg: DictConfig, lay: Layout, replay: str, sets: list[PromptSet],
                   limit: int) -> None:
     if replay not in variant_names(cfg):
@@ -525,6 +633,14 @@ def run(cfg: DictConfig) -> dict:
     for v in vectors:
         log.info("vector for %s", v.choice.describe())
     components = _capture_components(cfg, vectors)
+    save_raw = bool(cfg.get("save_raw", True))
+    if not save_raw and not vectors:
+        raise PipelineError("save_raw=false needs a trait to project onto: set trait=...")
+    from .models import model_dims
+
+    layers: list[int] | None = None  # None: every layer (known once the model is there)
+    if cfg.get("capture_layers", "all") not in (None, "all"):
+        layers = capture_layer_list(cfg.capture_layers, model_dims(spec)[0], vectors)
 
     from .monitoring.massive_dims import check_clean, load_calibration
 
@@ -558,7 +674,10 @@ def run(cfg: DictConfig) -> dict:
                             replay, len(missing), ps.name, missing[:10])
             prompts = [p for p in prompts if p.id not in missing]
         fresh = {p.id for p in prompts
-                 if force or not _captured(lay, spec.name, ps.name, p.id, replay, components)
+                 if force or not (_captured(lay, spec.name, ps.name, p.id, replay, components, layers)
+                                  if save_raw else _projected(lay, spec.name, ps.name, p.id,
+                                                              replay, vectors, centered,
+                                                              cleaning))
                  or (replay is not None and _stale_replay(lay, spec.name, ps.name, p.id, replay))}
         if fresh:
             if lm is None:
@@ -567,8 +686,22 @@ def run(cfg: DictConfig) -> dict:
                 lm = load_variant(spec, str(cfg.device))
             todo = [p for p in prompts if p.id in fresh]
             items = _items_to_capture(lm, lay, spec, ps, todo, replay)
-            capture_items(lm, lay, spec, cfg, ps, items, components, replay)
-        log.info("%s: %d prompts captured, %d kept", ps.name, len(fresh), len(prompts) - len(fresh))
+            if save_raw:
+                from .storage.footprint import check_disk
+
+                n_model_layers, hidden = model_dims(spec)
+                check_disk(raw_footprint(cfg, lay, spec, ps, items, components,
+                                         layers or range(n_model_layers), hidden, replay),
+                           bool(cfg.get("disk_check", True)),
+                           hint="capture fewer layers (capture_layers=[...]) or keep none "
+                                "(save_raw=false)")
+            else:
+                print(f"disk: save_raw=false, no raw activations for {ps.name} "
+                      "(responses and projections only)", flush=True)
+            capture_items(lm, lay, spec, cfg, ps, items, components, replay, layers,
+                          () if save_raw else vectors, cleaning)
+        log.info("%s: %d prompts captured, %d already on disk (reused)", ps.name, len(fresh),
+                 len(prompts) - len(fresh))
         if bias_judge is not None and bias_prompts(prompts):
             bias = score_bias_exploitation(lay, spec.name, bias_judge, ps, prompts, force)
             summary.setdefault("bias_exploitation", {})[ps.name] = bias
@@ -578,8 +711,9 @@ def run(cfg: DictConfig) -> dict:
             means = []
             for p in prompts:
                 path = lay.projection_path(spec.name, vec.choice.trait, ps.name, p.id, replay)
-                if p.id not in fresh and not force and _up_to_date(
-                        path, vec.source(lay, centered), cleaning):
+                if (p.id not in fresh and not force and _up_to_date(
+                        path, vec.source(lay, centered), cleaning)) \
+                        or (not save_raw and p.id in fresh):  # written during the capture
                     rec = read_json(path)
                 else:
                     rec = project_file(lay, spec.name, ps.name, p.id, vec, centered, replay,
@@ -588,8 +722,7 @@ def run(cfg: DictConfig) -> dict:
                 if rec["summary"]["response_mean"] is not None:
                     means.append(rec["summary"]["response_mean"])
             summary.setdefault(vec.choice.trait, {})[ps.name] = mean(means)
-            log.info("%s on %s/%s: mean response projection %s (%s)", vec.choice.trait, spec.name,
-                     ps.name, summary[vec.choice.trait][ps.name], vec.choice.describe())
+            # said once, rounded, by the print below (a log line here repeated it unrounded)
             print(f"{vec.choice.trait} | {spec.name}{f' (replay of {replay})' if replay else ''} | "
                   f"{ps.name}: mean response projection "
                   f"{_fmt(summary[vec.choice.trait][ps.name])} over {len(means)} prompts "
@@ -597,18 +730,39 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
+def _snapshot(base: Path) -> str | None:
+    """This job's resolved snapshot, relative to ``base`` (the folder of the file citing it)."""
+    from .review.run_record import snapshot_link
+
+    return snapshot_link(base)
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4g}"
 
 
-def _captured(lay: Layout, variant: str, prompt_set: str, pid, replay, components) -> bool:
+def _captured(lay: Layout, variant: str, prompt_set: str, pid, replay, components,
+              layers: Sequence[int] | None = None) -> bool:
     raw = lay.raw_path(variant, prompt_set, pid, replay)
     if not (raw.is_file() and lay.inference_response_path(variant, prompt_set, pid, replay).is_file()):
         return False
     from .vector_store import read_metadata
 
-    have = read_metadata(raw).get("components") or []
-    return all(c in have for c in components)
+    meta = read_metadata(raw)
+    have = meta.get("components") or []
+    have_layers = meta.get("layers")  # absent: an older file with every layer
+    return all(c in have for c in components) and (
+        layers is None or have_layers is None or set(layers) <= set(have_layers))
+
+
+def _projected(lay: Layout, variant: str, prompt_set: str, pid, replay,
+               vectors: Sequence[LoadedVector], centered: bool,
+               cleaning: Cleaning | None = None) -> bool:
+    """save_raw=false: the response and an up-to-date projection onto every vector exist."""
+    if not lay.inference_response_path(variant, prompt_set, pid, replay).is_file():
+        return False
+    return all(_up_to_date(lay.projection_path(variant, v.choice.trait, prompt_set, pid, replay),
+                           v.source(lay, centered), cleaning) for v in vectors)
 
 
 def _stale_replay(lay: Layout, variant: str, prompt_set: str, pid, source: str) -> bool:

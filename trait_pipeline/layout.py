@@ -456,8 +456,9 @@ class Layout:
         return sorted(ids, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
 
     def traits(self, area: str = "extraction") -> list[str]:
-        """Traits with a directory under ``{area}/`` (category/name), sorted."""
-        return _two_level_names(self.root / area)
+        """Traits with data under ``{area}/`` (category/name), sorted; a folder holding only
+        failed runs' ``runs/`` is not data."""
+        return [t for t in _two_level_names(self.root / area) if has_data(self.root / area / t)]
 
     def variants(self, area: str = "extraction", trait: str | None = None) -> list[str]:
         """Variants with data under ``{area}/`` (for a trait, or any trait); sorted."""
@@ -465,13 +466,27 @@ class Layout:
         if area == "inference":
             base = self.root / "inference"
             if base.is_dir():
-                found = {p.name for p in base.iterdir() if p.is_dir() and NAME_RE.match(p.name)}
+                found = {p.name for p in base.iterdir()
+                         if p.is_dir() and NAME_RE.match(p.name) and has_data(p)}
         else:
             for t in [trait] if trait else self.traits(area):
                 d = self.root / area / check_trait(t)
                 if d.is_dir():
-                    found |= {p.name for p in d.iterdir() if p.is_dir() and NAME_RE.match(p.name)}
+                    found |= {p.name for p in d.iterdir()
+                              if p.is_dir() and NAME_RE.match(p.name) and has_data(p)}
         return sorted(found)
+
+
+def has_data(folder: Path) -> bool:
+    """Whether ``folder`` holds a result file: anything but run folders (``runs/``: a job's
+    config snapshot and log, also left by a failed job), locks and hidden files."""
+    import os
+
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if d != "runs" and not d.startswith(".")]
+        if any(not f.startswith(".") and not f.endswith(".lock") for f in filenames):
+            return True
+    return False
 
 
 def _two_level_names(base: Path) -> list[str]:
@@ -487,14 +502,14 @@ def _two_level_names(base: Path) -> list[str]:
 
 def experiments(root: Path) -> list[str]:
     """Experiments under an experiments directory: sub-directories holding any stage's
-    outputs (``extraction/``, ``steering/`` or ``inference/``), sorted."""
+    outputs (``extraction/``, ``steering/`` or ``inference/``, not just failed runs), sorted."""
     root = Path(root)
     if not root.is_dir():
         return []
     return sorted(
         p.name for p in root.iterdir()
         if p.is_dir() and NAME_RE.match(p.name)
-        and any((p / area).is_dir() for area in ("extraction", "steering", "inference"))
+        and any((p / area).is_dir() and has_data(p / area) for area in ("extraction", "steering", "inference"))
     )
 
 

@@ -11,7 +11,6 @@ the demo family (``demo:instruct``, built on first use).
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +54,46 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: the GPUs when CUDA is available (``load_variant`` then spreads the layers over
+    all of them with ``device_map="auto"``), else the CPU. ``cpu``, ``cuda``, ``cuda:N``: that
+    one device; a CUDA device on a machine without one fails in one line."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
         raise PipelineError(f"bad device {device!r}; expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PipelineError(f"device={device} but CUDA is not available on this machine "
+                                f"(torch {torch.__version__}); expected device=cpu or device=auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PipelineError(f"device={device} but this machine has "
+                                f"{torch.cuda.device_count()} CUDA device(s); expected cuda:0.."
+                                f"{torch.cuda.device_count() - 1}")
+    return dev
+
+
+def merge_system_prompt(system_prompt: str, text: str) -> str:
+    """A system prompt folded into the user message, for templates without a system role.
+
+    >>> merge_system_prompt("Be brief.", "how are you ?")
+    'Be brief.\\n\\nhow are you ?'
+    """
+    return f"{system_prompt}\n\n{text}"
+
+
+def model_dims(spec: VariantSpec) -> tuple[int, int]:
+    """(decoder blocks, hidden width) from the model's config file, no weights loaded."""
+    from transformers import AutoConfig
+
+    try:
+        hf = AutoConfig.from_pretrained(resolve_ref(spec.model), revision=spec.revision)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(
+            f"cannot load the config of {spec.model!r}: {str(exc).splitlines()[0]}") from None
+    hf = getattr(hf, "text_config", None) or hf
+    return int(hf.num_hidden_layers), int(hf.hidden_size)
 
 
 @dataclass
@@ -80,7 +113,7 @@ class LoadedModel:
     def format_prompt(self, text: str, system_prompt: str | None = None) -> str:
         """The prompt as the model sees it: chat template for chat variants, raw text otherwise."""
         if not self.chat:
-            return text if system_prompt is None else f"{system_prompt}\n\n{text}"
+            return text if not system_prompt else merge_system_prompt(system_prompt, text)
         messages = [{"role": "user", "content": text}]
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
@@ -88,16 +121,22 @@ class LoadedModel:
             return self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True
             )
-        except Exception as exc:  # templates that reject a system role (e.g. Gemma)
+        except Exception as exc:  # templates that reject a system role (e.g. Gemma-2)
             if not system_prompt:
                 raise
-            warnings.warn(f"chat template rejected the system prompt ({exc}); dropping it")
-            return self.format_prompt(text)
+            # what Gemma-3's own template does: the system text opens the first user turn
+            log.info("chat template rejects a system role (%s); merged into the user turn",
+                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return self.format_prompt(merge_system_prompt(system_prompt, text))
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids with exactly one BOS: chat templates write their own, raw text gets one."""
         tok = self.tokenizer
         ids = [tok(t, add_special_tokens=not self.chat)["input_ids"] for t in texts]
+        for t, row in zip(texts, ids):
+            if t.strip() and not row:  # e.g. a tokenizer class that cannot read the files
+                raise PipelineError(f"the tokenizer of {self.spec.model!r} ({type(tok).__name__}) "
+                                    f"encodes {t[:40]!r} to no tokens; expected at least one")
         bos = tok.bos_token_id
         if bos is not None:
             if not self.chat:
@@ -160,10 +199,8 @@ def load_variant(spec: VariantSpec, device: str = "auto") -> LoadedModel:
         if not Path(adapter).exists() and "/" not in adapter:
             raise PipelineError(f"bad lora {spec.lora!r}: expected a hub id or a local path")
         try:
-            with warnings.catch_warnings():
-                # peft calls a transformers API that v5 deprecates; nothing for a user to act on
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-                model = PeftModel.from_pretrained(model, adapter)
+            # its non-actionable warnings are filtered in trait_pipeline/__init__.py
+            model = PeftModel.from_pretrained(model, adapter)
         except (OSError, ValueError) as exc:
             raise PipelineError(
                 f"cannot load lora adapter {spec.lora!r}: {str(exc).splitlines()[0]}") from None
@@ -173,4 +210,8 @@ def load_variant(spec: VariantSpec, device: str = "auto") -> LoadedModel:
         log.warning("variant %s asks for a chat template but the tokenizer has none", spec.name)
     if "device_map" in kwargs:
         dev = next(model.parameters()).device
-    return LoadedModel(spec=spec, model=model, tokenizer=tok, device=dev, chat=chat)
+    lm = LoadedModel(spec=spec, model=model, tokenizer=tok, device=dev, chat=chat)
+    from .review.run_record import note_model
+
+    note_model(lm)  # the job's snapshot records the device, dtype and weights actually used
+    return lm

@@ -99,8 +99,10 @@ class ResultsStore:
                         data.setdefault(k, v)
                     data.setdefault("runs", [])
                     data.setdefault("baseline", None)
+                before = json.dumps(data, sort_keys=True, default=str)
                 out = mutate(data)
-                write_json(self.path, data)
+                if not self.path.is_file() or json.dumps(data, sort_keys=True, default=str) != before:
+                    write_json(self.path, data)  # a rerun that changes nothing rewrites nothing
                 return out
         except Timeout:
             raise PipelineError(

@@ -36,10 +36,11 @@ from .dashboard_api import Dashboard, NotFound, list_experiments
 from .errors import PipelineError, one_line
 from .layout import LayoutError, check_name, default_experiments_dir
 from .positions import PositionError
+from .review.dashboard_views import RunNotFound
 from .steering_summary import DEFAULT_MIN_COHERENCE
 
 STATIC_DIR = Path(__file__).resolve().parent / "dashboard"
-VIEWS = ("extraction", "steering", "dynamics")  # screenshots of the views that read disk only
+VIEWS = ("extraction", "steering", "dynamics", "runs")  # screenshots of the views that read disk only
 CHROMIUM = os.environ.get("TRAIT_PIPELINE_CHROMIUM", "/usr/bin/chromium")
 # a '..' segment, an encoded dot/slash/backslash or a NUL anywhere in the raw request path
 _SUSPICIOUS = re.compile(r"(^|/)\.\.(/|$)|%2e|%2f|%5c|%00|\\", re.IGNORECASE)
@@ -85,6 +86,7 @@ def create_app(root: str | Path, chat: ChatSettings | None = None):
         return handler
 
     app.add_exception_handler(NotFound, error(404))
+    app.add_exception_handler(RunNotFound, error(404))
     app.add_exception_handler(LayoutError, error(400))
     app.add_exception_handler(PositionError, error(400))
     app.add_exception_handler(PipelineError, error(500))  # unreadable data on disk
@@ -106,6 +108,18 @@ def create_app(root: str | Path, chat: ChatSettings | None = None):
     @app.get("/api/experiments/{experiment}")
     def overview(experiment: str):
         return dash.overview(experiment)
+
+    @app.get("/api/experiments/{experiment}/runs")
+    def runs(experiment: str):
+        return dash.runs(experiment)
+
+    @app.get("/api/experiments/{experiment}/config")
+    def run_config(experiment: str, run: str):
+        return dash.run_config(experiment, run)
+
+    @app.get("/api/experiments/{experiment}/diff")
+    def run_diff(experiment: str, a: str, b: str, all: bool = False):
+        return dash.run_diff(experiment, a, b, all)
 
     @app.get("/api/experiments/{experiment}/extraction/{variant}")
     def extraction(experiment: str, variant: str):

@@ -332,17 +332,28 @@ class Steerer:
 
     def __init__(self, cfg: DictConfig, s: SteerSettings, lm, judge, trait_spec, questions: list[str],
                  prompts_file: str, vectors: dict[int, LoadedVector]) -> None:
+        """``lm``: a loaded model, or ``(spec, load)`` to load it on first use only, so a
+        rerun whose every config is already in results.json never loads the model."""
         from .results_store import ResultsStore
 
-        self.s, self.lm, self.judge, self.trait_spec = s, lm, judge, trait_spec
+        if isinstance(lm, tuple):
+            spec, self._load_lm = lm
+            self._lm = None
+        else:
+            spec, self._lm, self._load_lm = lm.spec, lm, None
+        self.spec = spec
+        self.s, self.judge, self.trait_spec = s, judge, trait_spec
+        self.skipped: dict[str, int] = {}  # configs found in results.json, per layer group
         self.questions = questions
         self.vectors = vectors
         lay = layout(cfg)
         self.layout = lay
-        spec = lm.spec
         self.dir = lay.steering_dir(s.trait, spec.name, s.position, s.prompt_set)
         self.store = ResultsStore(lay.results_path(s.trait, spec.name, s.position, s.prompt_set))
-        self.composed_config = _composed_config_link(self.dir, cfg)
+        self._cfg, self._composed_config = cfg, None
+        from .review.run_record import snapshot_link
+
+        self.snapshot = snapshot_link(self.dir)  # the resolved config + provenance of this job
         self.model_variant = {"name": spec.name, "model": spec.model, "lora": spec.lora,
                               "revision": spec.revision, "dtype": spec.dtype}
         vspec = variant_spec(cfg, s.vector_variant)
@@ -365,6 +376,23 @@ class Steerer:
         self._key_common = {**common, "vector_source": self.vector_source}
         self.batch_size = s.batch_size
         self.gen_seconds: list[tuple[int, float]] = []  # (rows, seconds) per generate call
+
+    @property
+    def lm(self):
+        if self._lm is None:
+            self._lm = self._load_lm()
+        return self._lm
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._lm is not None
+
+    @property
+    def composed_config(self) -> str:
+        """Link to the composed config, snapshotted only once a run is stored (no-op: never)."""
+        if self._composed_config is None:
+            self._composed_config = _composed_config_link(self.dir, self._cfg)
+        return self._composed_config
 
     # generation + judging ------------------------------------------------------------------------
     def _generate(self, rows: list[list], positions: str) -> list[str]:
@@ -413,7 +441,7 @@ class Steerer:
         trait, coh = self._judge(answers)
         data = self.store.read() or {}
         first = data.get("baseline") is None
-        path = self.layout.baseline_path(self.s.trait, self.lm.spec.name, self.s.position, self.s.prompt_set)
+        path = self.layout.baseline_path(self.s.trait, self.spec.name, self.s.position, self.s.prompt_set)
         if not first:  # another baseline (other settings) already owns baseline.json
             path = path.with_name(f"baseline_{self.baseline_key}.json")
         record = {
@@ -447,9 +475,10 @@ class Steerer:
             if p.key not in have and p.key not in seen:
                 todo.append(p)
                 seen.add(p.key)
-        skipped = len(plans) - len(todo)
-        if skipped:
-            log.info("%d of %d configs already in %s: skipped", skipped, len(plans), self.store.path)
+        for p in plans:  # counted here, said once per layer group at the end (report_skipped)
+            if p.key in have:
+                group = f"layer {p.label[0]}"
+                self.skipped[group] = self.skipped.get(group, 0) + 1
         if todo:
             n = len(self.questions)
             rows = [p.terms for p in todo for _ in range(n)]
@@ -460,7 +489,7 @@ class Steerer:
             for j, p in enumerate(todo):
                 a, t, c = answers[j * n:(j + 1) * n], trait[j * n:(j + 1) * n], coh[j * n:(j + 1) * n]
                 path = self.layout.run_responses_path(
-                    self.s.trait, self.lm.spec.name, self.s.position, self.s.prompt_set,
+                    self.s.trait, self.spec.name, self.s.position, self.s.prompt_set,
                     self.s.component, p.label[0], p.label[1], f"{stamp}_{p.key[:6]}",
                     method=self.s.method)
                 records.append({
@@ -474,6 +503,7 @@ class Steerer:
                     "vector_source": self.vector_source, "vector_provenance": p.vector_provenance,
                     "generation": self.generation, "judge": self.judge.describe(),
                     "questions": n, "composed_config": self.composed_config,
+                    "snapshot": self.snapshot,
                     "responses": self._write_responses(path, p.key, a, t, c), "timestamp": _now(),
                 })
             self.store.add_runs(records, self.header)
@@ -536,12 +566,12 @@ def estimate_activation_norms(lm, questions: list[str], layers: list[int], compo
 
 
 def run_search(steerer: Steerer, cfg: DictConfig, baseline: dict) -> dict:
-    """Adaptive search for every layer in lockstep; one batched generate per step."""
-    from .coef_search import SearchParams, search
+    """Adaptive search for every layer (and direction) in lockstep; one batched generate per step."""
+    from .coef_search import SearchParams, saturation_message, search_directions
     from .results_store import run_key
 
     s = steerer.s
-    known = {"steps", "start_mult", "up_mult", "down_mult", "momentum"}
+    known = {"steps", "start_mult", "up_mult", "down_mult", "momentum", "direction"}
     extra = sorted(set(s.search) - known)
     if extra:
         raise PipelineError(f"unknown key search.{extra[0]}; expected: {', '.join(sorted(known))}")
@@ -554,21 +584,35 @@ def run_search(steerer: Steerer, cfg: DictConfig, baseline: dict) -> dict:
         recs = steerer.evaluate(plans, baseline)
         return [(r["result"]["trait_mean"], r["result"]["coherence_mean"]) for r in recs]
 
-    walks = search(bases, params, evaluate)
-    for la, walk in walks.items():
+    walks = search_directions(bases, params, evaluate, baseline.get("trait_mean"))
+    saturated: dict[str, list[int]] = {}
+    for (la, direction), walk in walks.items():
         record = {**walk.to_dict(), "base_coef_source": source, "params": asdict(params),
                   "method": s.method, "component": s.component, "vector_variant": s.vector_variant}
-        key = run_key({"search": la, "params": record["params"], "method": s.method,
+        # the key of an upward walk stays what it was before directions existed: reruns match
+        key_params = {k: v for k, v in record["params"].items()
+                      if not (k == "direction" and v == "up")}
+        key = run_key({"search": la, "params": key_params, "method": s.method,
                        "component": s.component, **steerer._key_common,
-                       "steer_positions": s.steer_positions})
+                       "steer_positions": s.steer_positions,
+                       **({"direction": direction} if params.direction == "both" else {})})
         steerer.store.set_search(key, record, steerer.header)
+        if walk.saturated:
+            saturated.setdefault(walk.direction, []).append(la)
+            continue
         line = walk.describe()
         if walk.status != "ok":
             log.warning(line)
-            print(f"WARNING: {line}", file=sys.stderr, flush=True)
         else:
             log.info(line)
-    return walks
+    for direction, layers in saturated.items():
+        # one line for all layers: the baseline is the same for each
+        msg = (f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}: "
+               + saturation_message(baseline["trait_mean"], direction))
+        log.warning(msg)
+    if params.direction == "both":
+        return walks  # keyed (layer, "up"|"down")
+    return {la: walk for (la, _), walk in walks.items()}
 
 
 @dataclass
@@ -609,27 +653,38 @@ def run(cfg: DictConfig) -> dict:
         vectors = load_vectors(lay, s)  # before the model loads: a missing layer fails fast
         inputs.append(TraitInputs(s, trait_spec, questions, prompts_file, vectors))
 
-    s0 = inputs[0].s
-    lm = load_variant(variant_spec(cfg), device=s0.device)
-    from .layers import check_layers
+    spec = variant_spec(cfg)
+    loaded: dict = {}
 
-    check_layers(lm.model, s0.layers)
-    hidden = getattr(getattr(lm.model, "config", None), "hidden_size", None)
-    for t in inputs:
-        d_model = next(iter(t.vectors.values())).vector.numel()
-        if t.s.component == "residual" and hidden is not None and hidden != d_model:
-            raise PipelineError(
-                f"vector size {d_model} of {t.s.trait} does not match {lm.spec.name}'s hidden size "
-                f"{hidden}: the vectors of {t.s.vector_variant!r} come from another model family")
+    def load():
+        """The steered model, loaded once for every trait of the job (on first need)."""
+        if "lm" not in loaded:
+            from .layers import check_layers
+
+            s0 = inputs[0].s
+            lm = load_variant(spec, device=s0.device)
+            check_layers(lm.model, s0.layers)
+            hidden = getattr(getattr(lm.model, "config", None), "hidden_size", None)
+            for t in inputs:
+                d_model = next(iter(t.vectors.values())).vector.numel()
+                if t.s.component == "residual" and hidden is not None and hidden != d_model:
+                    raise PipelineError(
+                        f"vector size {d_model} of {t.s.trait} does not match {lm.spec.name}'s "
+                        f"hidden size {hidden}: the vectors of {t.s.vector_variant!r} come from "
+                        "another model family")
+            loaded["lm"] = lm
+        return loaded["lm"]
+
     if len(inputs) == 1:
-        return steer_trait(cfg, lm, judge, inputs[0])
-    return {"traits": {t.s.trait: steer_trait(cfg, lm, judge, t) for t in inputs}}
+        return steer_trait(cfg, (spec, load), judge, inputs[0])
+    return {"traits": {t.s.trait: steer_trait(cfg, (spec, load), judge, t) for t in inputs}}
 
 
-def steer_trait(cfg: DictConfig, lm, judge, t: TraitInputs) -> dict:
-    """Baseline, then the configured runs, for one trait on the loaded model."""
+def steer_trait(cfg: DictConfig, model, judge, t: TraitInputs) -> dict:
+    """Baseline, then the configured runs, for one trait; ``model`` is ``(spec, load)``:
+    the model loads on first need, so a rerun with everything in results.json never loads it."""
     s, vectors = t.s, t.vectors
-    steerer = Steerer(cfg, s, lm, judge, t.trait_spec, t.questions, t.prompts_file, vectors)
+    steerer = Steerer(cfg, s, model, judge, t.trait_spec, t.questions, t.prompts_file, vectors)
     baseline = steerer.baseline()
     searches = None
     if s.multi_layer is not None:
@@ -644,6 +699,11 @@ def steer_trait(cfg: DictConfig, lm, judge, t: TraitInputs) -> dict:
 
     from .steering_summary import format_summary, heatmap_png, read_results
 
+    for group, n in sorted(steerer.skipped.items()):
+        log.info("%s: %d config%s already in results.json, skipped", group, n, "" if n == 1 else "s")
+    if not steerer.model_loaded:
+        log.info("nothing to do: every config is in %s (model not loaded)", steerer.store.path)
+        _mark_noop_run(steerer.store.path)
     res = read_results(steerer.store.path)
     print(format_summary(res, s.min_coherence), flush=True)
     png = heatmap_png(res, steerer.dir / "heatmap.png", s.min_coherence, method=s.method,
@@ -653,6 +713,17 @@ def steer_trait(cfg: DictConfig, lm, judge, t: TraitInputs) -> dict:
     print(f"results: {steerer.store.path}", flush=True)
     return {"results": steerer.store.path, "baseline": baseline, "searches": searches,
             "gen_seconds": steerer.gen_seconds}
+
+
+def _mark_noop_run(results_path: Path) -> None:
+    """Hydra made this job a runs/<id>/ folder before it knew there was nothing to do:
+    mark it, so a listing of runs/ tells the runs that did something from those that did not."""
+    from .config import hydra_snapshot_path
+
+    snap = hydra_snapshot_path()
+    if snap is not None and snap.is_file():
+        (snap.parent.parent / "NOTHING_TO_DO").write_text(
+            f"every config was already in {results_path}; the model was not loaded\n")
 
 
 main = stage_main("steer")(run)

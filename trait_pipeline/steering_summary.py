@@ -160,14 +160,22 @@ class LayerSummary:
     n_runs: int
     best: RunRow | None
     most_coherent: RunRow | None
+    best_down: RunRow | None = None  # the coherent negative coefficient that lowered the trait most
+    no_effect: bool = False          # coherent runs exist, but none moved the trait their way
 
     def describe(self, min_coherence: float) -> str:
-        if self.best is not None:
-            b = self.best
-            delta = "n/a" if b.delta is None else f"{b.delta:+.1f}"
-            steer = "" if b.steerability is None else f", steerability {b.steerability:.0%}"
-            return (f"layer {self.layer:>3}: best coef {b.coef:<8g} trait {b.trait_mean:5.1f} "
-                    f"delta {delta:>6} coherence {b.coherence_mean:5.1f}{steer}  ({self.n_runs} runs)")
+        found = [b for b in (self.best, self.best_down) if b is not None]
+        if found:
+            lines = []
+            for b in found:
+                delta = "n/a" if b.delta is None else f"{b.delta:+.1f}"
+                steer = "" if b.steerability is None else f", steerability {b.steerability:.0%}"
+                lines.append(f"layer {self.layer:>3}: best coef {b.coef:<8g} trait {b.trait_mean:5.1f} "
+                             f"delta {delta:>6} coherence {b.coherence_mean:5.1f}{steer}  ({self.n_runs} runs)")
+            return "\n  ".join(lines)
+        if self.no_effect:
+            return (f"layer {self.layer:>3}: no best coef — no coherent run moved the trait "
+                    f"({self.n_runs} runs, every delta 0 or the wrong way)")
         mc = self.most_coherent
         tail = (f"; most coherent: coef {mc.coef:g} at {mc.coherence_mean:.1f}"
                 if mc is not None and mc.coherence_mean is not None else "")
@@ -180,7 +188,11 @@ def best_per_layer(
     method: str | None = None, component: str | None = None, vector_variant: str | None = None,
 ) -> dict[int, LayerSummary]:
     """Per layer, the single-layer run with the largest delta among those with coherence ≥
-    ``min_coherence`` (optionally only one method / component / vector source)."""
+    ``min_coherence`` (optionally only one method / component / vector source).
+
+    Positive coefficients count when they raise the trait (``best``), negative ones when
+    they lower it (``best_down``): a run that moved nothing is nobody's best.
+    """
     by_layer: dict[int, list[RunRow]] = defaultdict(list)
     for r in results.rows:
         if not r.single:
@@ -194,11 +206,15 @@ def best_per_layer(
     for layer in sorted(by_layer):
         rows = by_layer[layer]
         ok = [r for r in rows if r.coherent(min_coherence) and r.delta is not None]
+        up = [r for r in ok if r.coef >= 0 and r.delta > 0]
+        down = [r for r in ok if r.coef < 0 and r.delta < 0]
         scored = [r for r in rows if r.coherence_mean is not None]
         out[layer] = LayerSummary(
             layer=layer, n_runs=len(rows),
-            best=max(ok, key=lambda r: r.delta) if ok else None,
+            best=max(up, key=lambda r: r.delta) if up else None,
             most_coherent=max(scored, key=lambda r: r.coherence_mean) if scored else None,
+            best_down=min(down, key=lambda r: r.delta) if down else None,
+            no_effect=bool(ok) and not up and not down,
         )
     return out
 
@@ -225,11 +241,21 @@ def format_summary(results: SteeringResults, min_coherence: float = DEFAULT_MIN_
         delta = "n/a" if r.delta is None else f"{r.delta:+.1f}"
         coh = "n/a" if r.coherence_mean is None else f"{r.coherence_mean:.1f}"
         lines.append(f"  {kind} layers {list(r.layers)}: delta {delta}, coherence {coh}")
+    saturated: dict[str, list] = {}
+    for s in results.searches.values():
+        if s.get("status") == "saturated":
+            saturated.setdefault(s.get("direction", "up"), []).append(s.get("layer"))
+    for direction, layers in saturated.items():
+        from .coef_search import saturation_message
+
+        base = results.baseline_trait_mean or 0.0
+        lines.append(f"  layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, sorted(layers)))}: "
+                     f"{saturation_message(base, direction)} (no best coef)")
     for s in results.searches.values():
         if s.get("status") == "no_coherent_step":
             lines.append(f"  search at layer {s.get('layer')}: NO COHERENT STEP "
                          f"(coefs tried: {[st.get('coef') for st in s.get('steps', [])]})")
-    if not results.rows:
+    if not results.rows and not saturated:
         lines.append("  (no runs)")
     return "\n".join(lines)
 
@@ -282,7 +308,11 @@ def heatmap_png(
     cells = heatmap_grid(results, method, component)
     if not any(d is not None for row in cells.delta for d in row):
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU box may lack it: the results are in results.json anyway
+        print("heatmap: skipped (matplotlib is not installed)", flush=True)
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -293,7 +323,9 @@ def heatmap_png(
     incoherent = np.array([[c is None or c < min_coherence for c in row] for row in cells.coherence],
                           dtype=bool)
     lim = float(np.nanmax(np.abs(grid))) or 1.0
-    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(coefs), 1.2 + 0.45 * len(layers)))
+    # at least 4 x 3.2 in: room for the axis labels whatever the grid's size
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 + 0.75 * len(coefs)),
+                                    max(3.2, 1.4 + 0.45 * len(layers))))
     im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
     for i in range(len(layers)):
         for j in range(len(coefs)):
@@ -307,7 +339,7 @@ def heatmap_png(
     ax.set_xticks(range(len(coefs)), [f"{c:g}" for c in coefs], rotation=45, fontsize=7)
     ax.set_yticks(range(len(layers)), [str(la) for la in layers], fontsize=7)
     ax.set_xlabel("coefficient")
-    ax.set_ylabel("layer (output of decoder block L)")
+    ax.set_ylabel("layer\n(output of decoder block L)")
     ax.set_title(f"{results.trait or ''} on {results.model_variant or ''}: delta over baseline\n"
                  f"hatched = coherence < {min_coherence:g}", fontsize=8)
     fig.colorbar(im, ax=ax, label="trait delta")
@@ -317,8 +349,9 @@ def heatmap_png(
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out)
+        fig.savefig(tmp, dpi=120, metadata={"Software": None})
+        if not (out.is_file() and out.read_bytes() == Path(tmp).read_bytes()):
+            os.replace(tmp, out)  # same picture as on disk: leave the file (and its mtime) alone
     finally:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)

@@ -44,9 +44,15 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _stack_layers(step: dict, comp: str, n_layers: int) -> torch.Tensor:
-    """``{(comp, L): [B, T, d]}`` -> ``[B, T, n_layers, d]`` on the CPU."""
-    return torch.stack([step[(comp, la)] for la in range(n_layers)], dim=2)
+def _stack_layers(step: dict, comp: str, layers: Sequence[int]) -> torch.Tensor:
+    """``{(comp, L): [B, T, d]}`` -> ``[B, T, len(layers), d]`` on the CPU."""
+    return torch.stack([step[(comp, la)] for la in layers], dim=2)
+
+
+def _layer_list(lm: LoadedModel, layers: Sequence[int] | None) -> list[int]:
+    from .layers import check_layers
+
+    return list(range(lm.n_layers)) if layers is None else check_layers(lm.model, list(layers))
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:
@@ -64,14 +70,16 @@ def capture_generate(
     max_new_tokens: int = 32,
     temperature: float = 0.0,
     seed: int = 0,
+    layers: Sequence[int] | None = None,
 ) -> list[CapturedSequence]:
-    """Generate for one batch of tokenized prompts and record every layer at every token.
+    """Generate for one batch of tokenized prompts and record ``layers`` (default: every
+    layer, in order) at every token; row ``k`` of the layer axis is ``layers[k]``.
 
     Greedy at temperature 0, otherwise sampled with a generator seeded by ``seed``.
     """
     if max_new_tokens < 1:
         raise PipelineError(f"bad max_new_tokens {max_new_tokens}: expected an int >= 1")
-    n_layers, comps = lm.n_layers, list(components)
+    layer_ids, comps = _layer_list(lm, layers), list(components)
     batch = lm.pad_batch(list(prompt_ids))
     ids, mask = batch["input_ids"], batch["attention_mask"]
     bsz, width = ids.shape
@@ -87,10 +95,10 @@ def capture_generate(
     new_tokens: list[torch.Tensor] = []  # [B] per step
     response_rows: list[dict[str, torch.Tensor]] = []  # per fed token: {comp: [B, L, d]}
     done = torch.zeros(bsz, dtype=torch.bool, device=ids.device)
-    with torch.no_grad(), record(lm.model, range(n_layers), comps, on_output=keep):
+    with torch.no_grad(), record(lm.model, layer_ids, comps, on_output=keep):
         out = lm.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
                        use_cache=True, logits_to_keep=1)
-        prompt_acts = {c: _stack_layers(step, c, n_layers) for c in comps}
+        prompt_acts = {c: _stack_layers(step, c, layer_ids) for c in comps}
         cache_kw = _cache_kwarg(lm.model)
         cache = _cache_of(out)
         logits = out.logits[:, -1, :]
@@ -107,7 +115,7 @@ def capture_generate(
                            **{cache_kw: cache})
             cache = _cache_of(out)
             logits = out.logits[:, -1, :]
-            response_rows.append({c: _stack_layers(step, c, n_layers)[:, 0] for c in comps})
+            response_rows.append({c: _stack_layers(step, c, layer_ids)[:, 0] for c in comps})
             if bool(done.all()):
                 break
 
@@ -135,19 +143,20 @@ def capture_replay(
     prompt_ids: Sequence[list[int]],
     response_ids: Sequence[list[int]],
     components: Sequence[str] = ("residual",),
+    layers: Sequence[int] | None = None,
 ) -> list[CapturedSequence]:
-    """Record every layer over given prompt+response ids in one forward pass (no generation)."""
-    n_layers, comps = lm.n_layers, list(components)
+    """Record ``layers`` (default all) over given prompt+response ids in one forward pass."""
+    layer_ids, comps = _layer_list(lm, layers), list(components)
     rows = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
     batch = lm.pad_batch(rows)
     width = batch["input_ids"].shape[1]
     step: dict = {}
-    with torch.no_grad(), record(lm.model, range(n_layers), comps,
+    with torch.no_grad(), record(lm.model, layer_ids, comps,
                                  on_output=lambda k, o: step.__setitem__(k, o.to("cpu"))):
         lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                  position_ids=_positions(batch["attention_mask"]), use_cache=False,
                  logits_to_keep=1)
-    acts = {c: _stack_layers(step, c, n_layers) for c in comps}
+    acts = {c: _stack_layers(step, c, layer_ids) for c in comps}
     results = []
     for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
         start, cut = width - len(p) - len(r), width - len(r)

@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const VIEWS = ["extraction", "steering", "dynamics", "chat"];
+const VIEWS = ["extraction", "steering", "dynamics", "runs", "chat"];
 const DEFAULTS = {
   view: "extraction", metric: "combined_score", smetric: "delta", coh: "75",
   smooth: "1", center: "1", cosine: "0", mode: "overlay", compare: "",
@@ -78,7 +78,7 @@ async function init() {
   $("exp").addEventListener("change", (e) => set({ exp: e.target.value, variant: "", trait: "" }));
   $("variant").addEventListener("change", (e) => set({ variant: e.target.value }));
   $("trait").addEventListener("change", (e) => set({ trait: e.target.value }));
-  bindExtraction(); bindSteering(); bindDynamics(); window.bindChat && window.bindChat();
+  bindExtraction(); bindSteering(); bindDynamics(); bindRuns(); window.bindChat && window.bindChat();
   const { experiments } = await api(["experiments"]);
   if (!experiments.length) { showError("no experiments found under the served directory"); done(); return; }
   render();
@@ -95,10 +95,16 @@ async function render() {
     const view = VIEWS.includes(get("view")) ? get("view") : "extraction";
     for (const v of VIEWS) $(`view-${v}`).hidden = v !== view;
     for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.view === view);
+    $("variant").disabled = false; $("trait").disabled = false;
     for (const id of ["variant", "trait"]) $(id).parentElement.hidden = view === "chat";
     if (view === "chat") { set({ exp, view }, false); await window.renderChat(seq); return; }
+    if (view === "runs") {
+      set({ exp, view }, false);
+      await renderRuns(seq);
+      return;
+    }
     const area = overview[view === "dynamics" ? "inference" : view];
-    const variant = fillSelect($("variant"), area.variants, get("variant"));
+    const variant = fillSelect($("variant"), area.variants.map((v) => [v, variantLabel(v)]), get("variant"));
     const trait = fillSelect($("trait"), area.traits, get("trait"));
     set({ exp, view, variant, trait }, false);
     if (!variant || !trait) throw new Error(`no ${view} data in experiment ${exp}`);
@@ -110,6 +116,35 @@ async function render() {
   }
 }
 function done() { document.body.dataset.ready = "true"; }
+
+// a variant as the pickers show it: its name and what it loads (from the runs' snapshots)
+function variantLabel(v) {
+  const info = (overview && overview.variant_info || {})[v];
+  if (!info) return v;
+  return `${v} — ${info.model}${info.lora ? " + " + info.lora : ""}`;
+}
+
+// a resolved config (or a diff) into a <pre>; diff lines are coloured by their sign
+function showText(el, text) {
+  el.innerHTML = "";
+  for (const line of (text || "").split("\n")) {
+    const span = document.createElement("span");
+    span.textContent = line + "\n";
+    if (/^-[^-]/.test(line)) span.className = "del";
+    else if (/^\+[^+]/.test(line)) span.className = "add";
+    else if (line.startsWith("@@")) span.className = "sec";
+    el.appendChild(span);
+  }
+}
+
+async function showConfig(preEl, labelEl, run) {
+  labelEl.textContent = run || "(no snapshot recorded for this result)";
+  if (!run) { showText(preEl, ""); return; }
+  try {
+    const c = await api(["experiments", get("exp"), "config"], { run });
+    showText(preEl, c.text);
+  } catch (err) { showText(preEl, err.message); }
+}
 const stale = (seq) => seq !== renderSeq;
 
 // ---- extraction ---------------------------------------------------------------------
@@ -138,12 +173,17 @@ async function renderExtraction(seq) {
       xaxis: { title: { text: "layer (output of decoder block L)" }, dtick: 1 },
       yaxis: { title: { text: "method" }, type: "category" }, margin: { l: 110 },
     }, PLOT_CONFIG);
+    nullPlot("ext-null", g, trait, data.variant, metric);
   } else {
     Plotly.purge("ext-heatmap"); $("ext-heatmap").textContent = `no evaluation rows for ${trait}`;
+    Plotly.purge("ext-null"); $("ext-null").textContent = "";
   }
-  table($("ext-best"), ["trait", "method", "layer", "position", "component", "val acc", "effect size", "combined"],
+  const ci = (x) => (Array.isArray(x) ? `[${x.map((v) => v.toFixed(2)).join(", ")}]` : "");
+  table($("ext-best"), ["trait", "method", "layer", "position", "component", "val acc", "95 % CI",
+    "effect size", "95 % CI", "p vs null", "combined"],
     Object.entries(data.best).map(([t, b]) => [t, b.method, b.layer, b.position, b.component,
-      b.val_accuracy, b.val_effect_size, b.combined_score]));
+      b.val_accuracy, ci(b.val_accuracy_ci), b.val_effect_size, ci(b.val_effect_size_ci),
+      b.p_value ?? "", b.combined_score]));
   // the logit lens of the vectors at the chosen site (position / component), else the first
   const lenses = data.logit_lens[trait] || [];
   const lens = lenses.find((l) => g && l.position === g.position && l.component === g.component) || lenses[0];
@@ -155,6 +195,39 @@ async function renderExtraction(seq) {
     }
   }
   table($("ext-lens"), ["method", "layer", "toward", "away"], rows);
+  const cfgs = (data.config_runs || {})[trait] || [];
+  const cfg = cfgs.find((c) => g && c.position === g.position && c.component === g.component) || cfgs[0];
+  await showConfig($("ext-config-text"), $("ext-config-run"), cfg && cfg.run);
+}
+
+// Per layer: each method's value with its 95 % interval, over the band (2.5-97.5 %) of the
+// null of random directions. Shown for the metrics that have both (val acc, effect size).
+function nullPlot(div, g, trait, variant, metric) {
+  const m = ["val_accuracy", "val_effect_size"].includes(metric) ? metric : "val_accuracy";
+  const traces = [];
+  const band = g.null_band || {};
+  const layers = g.layers.filter((la) => band[String(la)] && band[String(la)][m]);
+  if (layers.length) {
+    const lo = layers.map((la) => band[String(la)][m][0]), hi = layers.map((la) => band[String(la)][m][2]);
+    traces.push({ x: layers, y: lo, mode: "lines", line: { width: 0 }, showlegend: false, hoverinfo: "skip" });
+    traces.push({ x: layers, y: hi, mode: "lines", line: { width: 0 }, fill: "tonexty",
+      fillcolor: "rgba(128,128,128,0.25)", name: `null band (${band[String(layers[0])].n} random directions, 95 %)` });
+  }
+  g.methods.forEach((method, i) => {
+    const cis = (g.intervals && g.intervals[m] && g.intervals[m][i]) || [];
+    const y = g.metrics[m][i];
+    traces.push({
+      x: g.layers, y, mode: "lines+markers", name: method,
+      error_y: { type: "data", symmetric: false, visible: true,
+        array: y.map((v, j) => (cis[j] && v !== null ? cis[j][1] - v : null)),
+        arrayminus: y.map((v, j) => (cis[j] && v !== null ? v - cis[j][0] : null)) },
+    });
+  });
+  Plotly.react(div, traces, {
+    title: { text: `${trait} on ${variant}: ${m} with 95 % intervals, against the null` },
+    xaxis: { title: { text: "layer (output of decoder block L)" }, dtick: 1 },
+    yaxis: { title: { text: m } }, margin: { l: 60 },
+  }, PLOT_CONFIG);
 }
 
 // ---- steering -----------------------------------------------------------------------
@@ -257,6 +330,9 @@ async function renderSteering(seq) {
     `L${r.layers.join("+")} c${r.coefs.join("/")} ${r.method || ""}: trait ${fmt(r.trait_mean, 1)}, coherence ${fmt(r.coherence_mean, 1)}`]);
   const run = fillSelect($("steer-run"), [["baseline", "baseline (no steering)"], ...runs], get("run") || "baseline");
   set({ run }, false);
+  const chosen = res.runs.find((r) => r.run === run) || res.runs.find((r) => r.config_run);
+  await showConfig($("steer-config-text"), $("steer-config-run"), chosen && chosen.config_run);
+  if (stale(seq)) return;
   try {
     const resp = await api(["experiments", exp, "steering", variant, "responses"], { trait, position, prompt_set, run });
     if (stale(seq)) return;
@@ -484,6 +560,56 @@ function selectToken(i) {
   }
   Plotly.relayout("dyn-plot", { shapes: dynShapes(i) });
   set({ token: i }, false);
+}
+
+// ---- runs: every run folder, its resolved config, and the diff of two ------------------
+function bindRuns() {
+  $("runs-all").addEventListener("change", (e) => set({ all: e.target.checked ? "1" : "" }));
+}
+
+async function renderRuns(seq) {
+  $("variant").disabled = true; $("trait").disabled = true;
+  const { runs } = await api(["experiments", get("exp"), "runs"]);
+  if (stale(seq)) return;
+  const el = $("runs-table");
+  el.innerHTML = "";
+  const head = el.insertRow();
+  for (const h of ["A", "B", "started", "stage", "variant", "model", "trait", "status", "result", "overrides"]) {
+    const th = document.createElement("th"); th.textContent = h; head.appendChild(th);
+  }
+  const a = get("a"), b = get("b"), shown = get("sel") || a;
+  for (const r of runs) {
+    const tr = el.insertRow();
+    tr.dataset.run = r.run;
+    if (!r.is_data) tr.classList.add("nodata");
+    if (r.run === shown) tr.classList.add("selected");
+    for (const side of ["a", "b"]) {
+      const td = tr.insertCell();
+      const radio = document.createElement("input");
+      radio.type = "radio"; radio.name = `runs-${side}`; radio.value = r.run; radio.checked = r.run === get(side);
+      radio.disabled = !r.has_snapshot;
+      radio.addEventListener("click", (e) => { e.stopPropagation(); set({ [side]: r.run, sel: r.run }); });
+      td.appendChild(radio);
+    }
+    const trait = Array.isArray(r.trait) ? r.trait.join(",") : (r.trait || "");
+    for (const cell of [(r.started || "").replace("T", " ").slice(0, 19), r.stage, r.model_variant,
+      r.model ? r.model + (r.lora ? " + " + r.lora : "") : "", trait, r.status, r.result, (r.overrides || []).join(" ")]) {
+      tr.insertCell().textContent = cell || "";
+    }
+    tr.addEventListener("click", () => set({ sel: r.run }));
+  }
+  $("runs-all").checked = get("all") === "1";
+  await showConfig($("runs-config"), $("runs-config-run"), shown);
+  if (stale(seq)) return;
+  if (a && b) {
+    try {
+      const d = await api(["experiments", get("exp"), "diff"], { a, b, all: get("all") === "1" ? "true" : "" });
+      if (stale(seq)) return;
+      showText($("runs-diff"), d.text);
+    } catch (err) { showText($("runs-diff"), err.message); }
+  } else {
+    showText($("runs-diff"), "pick a run as A and another as B");
+  }
 }
 
 init().catch((err) => { showError(err.message); done(); });

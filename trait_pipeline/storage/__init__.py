@@ -1,0 +1,1 @@
+"""Storage concerns shared by the stages (disk footprint of what they write)."""
