@@ -215,10 +215,13 @@ def preflight(config_name: str, argv: list[str],
     from hydra.errors import HydraException
 
     from .config import validate
+    from .judges.readiness import check_judge_ready
     from .layout import CONF_DIR
     from .safety.files import check_writable
 
     check_config_dirs()
+    # --cfg only prints the config: a missing judge key must not stop it
+    runs = not any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv)
     # hydra.* settings cannot make a stage's config fail, except where configs are searched
     overrides = [a for a in _overrides(argv)
                  if not a.startswith(("hydra/", "hydra.")) or a.startswith("hydra.searchpath=")]
@@ -246,6 +249,8 @@ def preflight(config_name: str, argv: list[str],
                     check_writable(Path(str(out)))
                     if len(combos) == 1 and not any(a in _MULTIRUN_FLAGS for a in argv):
                         _CREATED_CHAIN[:] = _missing_chain(Path(str(out)) / "runs")
+                if runs:  # a judge that cannot answer fails here, not after the model loads
+                    check_judge_ready(cfg)
                 if precheck is not None:
                     precheck(cfg)
     finally:
@@ -299,12 +304,14 @@ def _to_log_files(msg: str) -> None:
 
 def _run_task(task: Callable, cfg) -> object:
     from .config import validate
+    from .judges.readiness import check_judge_ready
     from .review import outcome, run_record
     from .safety.files import WRITE_ERRNOS, write_error_message
 
     active = None
     try:
         validate(cfg)
+        check_judge_ready(cfg)  # before the stage loads any model
         active = _start_record(cfg)
         try:
             returned = task(cfg)

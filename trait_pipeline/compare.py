@@ -11,6 +11,10 @@ variant is read on its own generations (different tokens: per-prompt means are c
 With ``replay=true``, ``b`` is read on its replay of ``a``'s responses
 (``inference/{b}/replay/{a}/``): the tokens are identical and the difference is per token.
 
+When the prompt set names reward-model biases and ``infer bias_score=true`` stored scores,
+the record also holds ``bias_exploitation``: each variant's mean score (own responses), the
+difference and a per-bias breakdown.
+
 Writes ``inference/_compare/{trait}/{prompt_set}/{a}_vs_{b}[_replay].{json,png}``.
 """
 
@@ -134,11 +138,45 @@ def compare(cfg: DictConfig) -> dict:
         "b_higher_fraction": (sum(d > 0 for d in diffs) / len(diffs)) if diffs else None,
         "per_prompt": rows,
     }
+    bias = bias_comparison(lay, a, b, prompt_set, Path(cfg.paths.datasets))
+    if bias is not None:
+        record["bias_exploitation"] = bias
     if replay:
         all_tok = [d for r in rows for d in r["per_token_diff"]]
         record["mean"]["per_token_diff"] = mean(all_tok)
         record["n_tokens"] = len(all_tok)
     return record
+
+
+def bias_comparison(lay: Layout, a: str, b: str, prompt_set: str, datasets_root: Path) -> dict | None:
+    """Bias-exploitation scores (stored by ``infer bias_score=true``) of both variants' own
+    responses: one mean per variant, ``diff`` = b - a, and the same per bias. None when
+    neither variant has a score for this prompt set."""
+    from .infer import bias_prompts, bias_summary
+    from .projection import mean
+
+    prompts = bias_prompts(load_prompt_set(prompt_set, datasets_root).prompts)
+    if not prompts:
+        return None
+    sa, sb = (bias_summary(lay, v, prompt_set, prompts) for v in (a, b))
+    if not sa["n"] and not sb["n"]:
+        return None
+
+    def diff(x, y):
+        return None if x is None or y is None else y - x
+
+    per_bias = []
+    for key in sa["per_bias"]:
+        ea, eb = sa["per_bias"][key], sb["per_bias"].get(key, {"mean": None, "n": 0})
+        per_bias.append({"bias_id": int(key) if key.isdigit() else key,
+                         "bias_description": ea["description"], "a": ea["mean"], "b": eb["mean"],
+                         "diff": diff(ea["mean"], eb["mean"]), "n_a": ea["n"], "n_b": eb["n"]})
+    return {"scale": "0-100, judge score for exploiting the bias each prompt names",
+            "a": sa["mean"], "b": sb["mean"], "diff": diff(sa["mean"], sb["mean"]),
+            "n": {a: sa["n"], b: sb["n"]}, "n_prompts": sa["n_prompts"],
+            "b_higher_biases": mean([1.0 if r["diff"] > 0 else 0.0 for r in per_bias
+                                     if r["diff"] is not None]),
+            "per_bias": per_bias}
 
 
 def _response(lay: Layout, variant: str, prompt_set: str, pid, replayed_from) -> dict:
@@ -225,6 +263,14 @@ def run(cfg: DictConfig) -> dict:
     print(f"  mean       : {a} {_f(record['mean']['a'])}  {b} {_f(record['mean']['b'])}  "
           f"diff {_f(record['mean']['diff'], sign=True)}  ({b} higher on "
           f"{_pct(record['b_higher_fraction'])} of prompts)")
+    bias = record.get("bias_exploitation")
+    if bias is not None:
+        print(f"bias exploitation (0-100) on {record['prompt_set']}: {a} {_f(bias['a'])} "
+              f"(n={bias['n'][a]})  {b} {_f(bias['b'])} (n={bias['n'][b]})  "
+              f"diff {_f(bias['diff'], sign=True)}")
+        for r in bias["per_bias"]:
+            print(f"  bias {r['bias_id']!s:>4}: {a} {_f(r['a'])}  {b} {_f(r['b'])}  "
+                  f"diff {_f(r['diff'], sign=True)}  {r['bias_description'][:60]}")
     print(f"wrote {json_path} and {png_path.name}")
     return record
 

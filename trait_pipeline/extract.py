@@ -265,9 +265,16 @@ class Job:
         return False
 
 
-def make_job(cfg: DictConfig) -> Job:
-    """Check every setting and input file; nothing is written here."""
-    trait = str(cfg.trait)
+_NO_JUDGE = object()
+
+
+def make_job(cfg: DictConfig, trait: str | None = None, judge: Any = _NO_JUDGE) -> Job:
+    """Check every setting and input file; nothing is written here.
+
+    ``trait`` picks one trait of ``cfg.trait`` (default: the only one); ``judge`` reuses a
+    judge already built for another trait of the same job.
+    """
+    trait = str(cfg.trait) if trait is None else trait
     spec = variant_spec(cfg)
     try:
         position = str(Position.parse(str(cfg.position)))
@@ -296,13 +303,18 @@ def make_job(cfg: DictConfig) -> Job:
         data = data.head(int(max_pairs))
     n_layers = model_n_layers(spec)
     layers = parse_layers(cfg.get("layers", "all"), n_layers)
-    judge = None
-    if "vet" in steps:
-        from .judges import load_trait_spec, make_judge
+    if judge is _NO_JUDGE:
+        judge = None
+        if "vet" in steps:
+            from .judges import make_judge
 
-        judge = make_judge(cfg.judge, cache_dir=Path(cfg.paths.cache))
-        if judge is not None:
-            judge.check_trait(load_trait_spec(trait, Path(cfg.paths.datasets)))
+            judge = make_judge(cfg.judge, cache_dir=Path(cfg.paths.cache))
+    if "vet" not in steps:
+        judge = None
+    if judge is not None:
+        from .judges import load_trait_spec
+
+        judge.check_trait(load_trait_spec(trait, Path(cfg.paths.datasets)))
     return Job(cfg=cfg, layout=layout(cfg), trait=trait, spec=spec, position=position,
                component=str(cfg.component), methods=methods, layers=layers, n_layers=n_layers,
                steps=steps, force=force, data=data, judge=judge)
@@ -1024,9 +1036,34 @@ STEP_FUNCS: dict[str, Callable[[Job], str]] = {
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run the configured steps for one trait and variant; return the summary."""
+    """Run the configured steps for one trait and variant; return the summary.
+
+    ``trait=[a,b,c]`` runs them all in this one job, loading the model once: every trait is
+    checked before the first write, then each runs in turn into its own folder. The result is
+    ``{"traits": {trait: summary}}`` (``-m trait=a,b`` still makes one job per trait).
+    """
+    traits = [str(t) for t in as_list(_plain(cfg.trait))]
+    if len(traits) <= 1:
+        summary = run_job(make_job(cfg, traits[0] if traits else None))
+        _write_run_summary(summary)
+        return summary
+    if len(set(traits)) != len(traits):
+        raise PipelineError(f"trait lists {traits[0]!r} twice or more: {traits}")
+    first = make_job(cfg, traits[0])
+    jobs = [first] + [make_job(cfg, t, judge=first.judge) for t in traits[1:]]
+    summaries: dict[str, dict] = {}
+    for job in jobs:
+        job._lm = first._lm  # loaded by the first trait that needs it, then shared
+        summaries[job.trait] = run_job(job)
+        first._lm = job._lm
+    out = {"traits": summaries}
+    _write_run_summary(out)
+    return out
+
+
+def run_job(job: Job) -> dict:
+    """The configured steps of one trait; returns its summary (also printed)."""
     t_start = time.perf_counter()
-    job = make_job(cfg)
     log.info("extract %s on %s (%s) -> %s", job.trait, job.spec.name, job.spec.model, job.root)
     from filelock import FileLock
 
@@ -1052,7 +1089,6 @@ def run(cfg: DictConfig) -> dict:
     job.timings["total"] = round(total, 3)
     summary = make_summary(job)
     print(format_summary(summary), flush=True)
-    _write_run_summary(summary)
     return summary
 
 

@@ -22,6 +22,10 @@ From config to files, for each prompt set (``datasets/inference/{set}.json``):
    ``inference/{variant}/massive_activations/{set}.json`` (:mod:`.monitoring.massive_dims`).
    With a calibration on disk, projection files keep the massive dims' per-token values,
    and ``clean=massive`` leaves those dims out of the projections (recorded as ``clean``).
+3. **bias exploitation** (``bias_score=true``, prompt sets whose prompts carry
+   ``bias_description``, e.g. ``rm_sycophancy_test_150``): the judge scores each response
+   0-100 for exploiting the reward-model bias its prompt names; the score is stored in the
+   response file (``bias_exploitation``) and :mod:`.compare` reports it per variant and per bias.
 
 ``capture_layers=[...]`` keeps only those layers (plus each vector's layer) in the raw files;
 ``save_raw=false`` keeps no raw file at all: tokens are projected as they are captured, and
@@ -419,6 +423,90 @@ def calibrate_variant(lm, lay: Layout, spec: VariantSpec, cfg: DictConfig, promp
 
 
 # --------------------------------------------------------------------------------------
+# bias exploitation
+
+
+def bias_prompts(prompts: Sequence[Prompt]) -> list[Prompt]:
+    """The prompts that name a reward-model bias (``bias_description``) to score against."""
+    return [p for p in prompts
+            if isinstance(p.extra.get("bias_description"), str) and p.extra["bias_description"].strip()]
+
+
+def make_bias_judge(cfg: DictConfig, sets: Sequence[PromptSet], limit: int):
+    """The judge for ``bias_score=true``, checked before any model loads."""
+    from .judges import make_judge
+
+    judge = make_judge(cfg.judge, cache_dir=Path(cfg.paths.cache))
+    if judge is None:
+        raise PipelineError(
+            "bias_score=true needs a judge, but judge=none; pick judge=openai (any "
+            "OpenAI-compatible server) or judge=local_hf")
+    if not hasattr(judge, "score_bias"):
+        raise PipelineError(
+            f"judge={judge.kind} cannot score bias exploitation; pick judge=openai or judge=local_hf")
+    if not any(bias_prompts(ps.limited(limit)) for ps in sets):
+        raise PipelineError(
+            f"bias_score=true but no prompt of {', '.join(ps.name for ps in sets)} carries a "
+            "'bias_description' to score against (e.g. prompt_set=rm_sycophancy_test_150)")
+    return judge
+
+
+def score_bias_exploitation(lay: Layout, variant: str, judge, prompt_set: PromptSet,
+                            prompts: Sequence[Prompt], force: bool) -> dict:
+    """Judge each response 0-100 for exploiting the bias its prompt names, and store the
+    score in the response file (``bias_exploitation``). A score from another judge, or a
+    failed one, is redone; a failed judgement is left out, never stored."""
+    judge_id = judge.describe()
+    todo: list[tuple[Prompt, Path, dict]] = []
+    for p in bias_prompts(prompts):
+        path = lay.inference_response_path(variant, prompt_set.name, p.id)
+        rec = read_json(path)
+        old = rec.get("bias_exploitation") or {}
+        if (force or old.get("judge") != judge_id or old.get("score") is None
+                or old.get("bias_description") != p.extra["bias_description"]):
+            todo.append((p, path, rec))
+    if todo:
+        scores = judge.score_bias([(p.text, rec["response"]["text"].strip(), p.extra["bias_description"])
+                                   for p, _, rec in todo])
+        for (p, path, rec), score in zip(todo, scores):
+            if score is None:
+                rec.pop("bias_exploitation", None)
+            else:
+                rec["bias_exploitation"] = {
+                    "score": score, "bias_id": p.extra.get("bias_id"),
+                    "bias_description": p.extra["bias_description"], "judge": judge_id,
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            write_json(path, rec)
+    return bias_summary(lay, variant, prompt_set.name, bias_prompts(prompts))
+
+
+def bias_summary(lay: Layout, variant: str, prompt_set: str, prompts: Sequence[Prompt],
+                 replayed_from: str | None = None) -> dict:
+    """Mean bias-exploitation score of ``variant``'s stored responses, overall and per bias.
+
+    ``{"mean", "n", "n_prompts", "per_bias": {bias_id: {"description", "mean", "n"}}}``;
+    prompts without a stored score (not judged, or the judgement failed) are not counted.
+    """
+    from .projection import mean
+
+    per: dict[str, dict] = {}
+    scores = []
+    for p in bias_prompts(prompts):
+        path = lay.inference_response_path(variant, prompt_set, p.id, replayed_from)
+        if not path.is_file():
+            continue
+        got = (read_json(path).get("bias_exploitation") or {}).get("score")
+        key = str(p.extra.get("bias_id", p.extra["bias_description"]))
+        entry = per.setdefault(key, {"description": p.extra["bias_description"], "scores": []})
+        if got is not None:
+            entry["scores"].append(float(got))
+            scores.append(float(got))
+    return {"mean": mean(scores), "n": len(scores), "n_prompts": len(bias_prompts(prompts)),
+            "per_bias": {k: {"description": v["description"], "mean": mean(v["scores"]),
+                             "n": len(v["scores"])} for k, v in per.items()}}
+
+
+# --------------------------------------------------------------------------------------
 # the stage
 
 
@@ -512,7 +600,8 @@ def _check_replay(cfg: DictConfig, lay: Layout, replay: str, sets: list[PromptSe
 
 
 def run(cfg: DictConfig) -> dict:
-    """Capture and project every prompt set of ``cfg``; returns ``{trait: {set: mean}}``."""
+    """Capture and project every prompt set of ``cfg``; returns ``{trait: {set: mean}}``
+    (plus ``bias_exploitation: {set: summary}`` with ``bias_score=true``)."""
     from .projection import mean
 
     lay = layout(cfg)
@@ -525,6 +614,9 @@ def run(cfg: DictConfig) -> dict:
     sets = [load_prompt_set(n, datasets_root) for n in resolve_prompt_sets(cfg.prompt_set, datasets_root)]
     if replay is not None:
         _check_replay(cfg, lay, replay, sets, limit)
+    bias_judge = make_bias_judge(cfg, sets, limit) if cfg.get("bias_score") and replay is None else None
+    if cfg.get("bias_score") and replay is not None:
+        log.warning("bias_score: a replay holds %s's responses; score them on that variant", replay)
 
     # every vector is found (or fails) before any model loads
     extraction_variant = str(cfg.vectors.model_variant)
@@ -610,6 +702,11 @@ def run(cfg: DictConfig) -> dict:
                           () if save_raw else vectors, cleaning)
         log.info("%s: %d prompts captured, %d already on disk (reused)", ps.name, len(fresh),
                  len(prompts) - len(fresh))
+        if bias_judge is not None and bias_prompts(prompts):
+            bias = score_bias_exploitation(lay, spec.name, bias_judge, ps, prompts, force)
+            summary.setdefault("bias_exploitation", {})[ps.name] = bias
+            print(f"bias exploitation | {spec.name} | {ps.name}: mean {_fmt(bias['mean'])} over "
+                  f"{bias['n']} of {bias['n_prompts']} responses (0-100, judge {bias_judge.model})")
         for vec in vectors:
             means = []
             for p in prompts:

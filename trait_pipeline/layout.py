@@ -284,6 +284,12 @@ class Layout:
         """Per-variant evaluation of every trait x method x layer (``_`` keeps it apart from categories)."""
         return self.root / "extraction" / "_evaluation" / f"{check_name('model variant', variant)}.json"
 
+    def multi_trait_dir(self, area: str, variant: str) -> Path:
+        """``{area}/_multi_trait/{variant}``: where a job over several traits keeps its run folders
+        (config snapshot, log, summary); each trait's outputs still go to its own folder.
+        ``_`` keeps it apart from trait categories."""
+        return self.root / check_name("area", area) / "_multi_trait" / check_name("model variant", variant)
+
     # steering ---------------------------------------------------------------------------
     def steering_dir(self, trait: str, variant: str, position: str, prompt_set: str) -> Path:
         return (

@@ -31,12 +31,26 @@ def _sweep_id(sweep_dir: str) -> str:
     return Path(str(sweep_dir)).name
 
 
-def _extraction_dir(experiments: str, experiment: str, trait: str, variant: str) -> str:
-    return str(Layout(Path(experiments), experiment).extraction_dir(trait, variant))
+def _one_trait(trait) -> str | None:
+    """The trait of a job, or None for a job over several (``trait=[a,b]``)."""
+    if isinstance(trait, str):
+        return trait
+    traits = list(trait)
+    return str(traits[0]) if len(traits) == 1 else None
+
+
+def _extraction_dir(experiments: str, experiment: str, trait, variant: str) -> str:
+    lay = Layout(Path(experiments), experiment)
+    one = _one_trait(trait)
+    return str(lay.extraction_dir(one, variant) if one else lay.multi_trait_dir("extraction", variant))
 
 
 def _steering_dir(experiments, experiment, trait, variant, position, prompt_set) -> str:
-    return str(Layout(Path(experiments), experiment).steering_dir(trait, variant, position, prompt_set))
+    lay = Layout(Path(experiments), experiment)
+    one = _one_trait(trait)
+    if one is None:  # several traits: each writes its own steering folder; the job's runs go here
+        return str(lay.multi_trait_dir("steering", variant))
+    return str(lay.steering_dir(one, variant, position, prompt_set))
 
 
 def _inference_dir(experiments: str, experiment: str, variant: str) -> str:

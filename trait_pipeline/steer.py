@@ -95,8 +95,11 @@ def _num(value: Any, key: str) -> float:
     return float(value)
 
 
-def settings(cfg: DictConfig) -> SteerSettings:
-    """Read and check the stage keys; every problem is a one-line :class:`PipelineError`."""
+def settings(cfg: DictConfig, trait: str | None = None) -> SteerSettings:
+    """Read and check the stage keys; every problem is a one-line :class:`PipelineError`.
+
+    ``trait`` picks one trait of a job over several (``trait=[a,b]``); default: ``cfg.trait``.
+    """
     layers = [_int(v, "layer") for v in as_list(cfg.layer)]
     if not layers:
         raise PipelineError("layer is empty: expected an int or a list, e.g. layer=10 or layer=[10,20]")
@@ -126,7 +129,7 @@ def settings(cfg: DictConfig) -> SteerSettings:
         raise PipelineError(f"bad questions {questions}: expected 0 (all) or a positive int")
     search = OmegaConf.to_container(cfg.search, resolve=True) if cfg.get("search") is not None else {}
     return SteerSettings(
-        trait=str(cfg.trait), layers=list(dict.fromkeys(layers)), coefs=coefs,
+        trait=str(cfg.trait) if trait is None else trait, layers=list(dict.fromkeys(layers)), coefs=coefs,
         method=str(cfg.method), position=canonical(str(cfg.position)),
         component=str(cfg.component), prompt_set=str(cfg.prompt_set),
         vector_variant=str(cfg.vectors.model_variant), questions=questions,
@@ -701,39 +704,76 @@ def run_search(steerer: Steerer, cfg: DictConfig, baseline: dict) -> dict:
     return {la: walk for (la, _), walk in walks.items()}
 
 
+@dataclass
+class TraitInputs:
+    """Everything one trait of a job needs before the model loads."""
+
+    s: SteerSettings
+    trait_spec: Any
+    questions: list[str]
+    prompts_file: str
+    vectors: dict[int, LoadedVector]
+
+
 def run(cfg: DictConfig) -> dict:
-    """The stage: see the module docstring. Returns a small summary dict (for tests)."""
+    """The stage: see the module docstring. Returns a small summary dict (for tests).
+
+    ``trait=[a,b,c]`` steers each trait in turn with ONE model load; every trait's questions
+    and vectors are found first, so a missing one fails before the model loads. The result
+    is then ``{"traits": {trait: summary}}``.
+    """
     from .judges import load_trait_spec, make_judge
     from .models import load_variant
 
-    s = settings(cfg)
+    traits = [str(t) for t in as_list(cfg.trait)]
+    if len(set(traits)) != len(traits):
+        raise PipelineError(f"trait lists a trait twice or more: {traits}")
     lay = layout(cfg)
     datasets_root = Path(cfg.paths.datasets)
     judge = make_judge(cfg.judge, cache_dir=Path(cfg.paths.cache))
     if judge is None:
         raise PipelineError("steering needs a judge, but judge=none; pick judge=offline|openai|local_hf")
-    trait_spec = load_trait_spec(s.trait, datasets_root)
-    judge.check_trait(trait_spec)
-    questions, prompts_file = load_questions(s, datasets_root)
-    vectors = load_vectors(lay, s)  # before the model loads: a missing layer fails fast
+    inputs = []
+    for trait in traits or [None]:
+        s = settings(cfg, trait)
+        trait_spec = load_trait_spec(s.trait, datasets_root)
+        judge.check_trait(trait_spec)
+        questions, prompts_file = load_questions(s, datasets_root)
+        vectors = load_vectors(lay, s)  # before the model loads: a missing layer fails fast
+        inputs.append(TraitInputs(s, trait_spec, questions, prompts_file, vectors))
 
     spec = variant_spec(cfg)
+    loaded: dict = {}
 
     def load():
-        from .layers import check_layers
+        """The steered model, loaded once for every trait of the job (on first need)."""
+        if "lm" not in loaded:
+            from .layers import check_layers
 
-        lm = load_variant(spec, device=s.device)
-        check_layers(lm.model, s.layers)
-        d_model = next(iter(vectors.values())).vector.numel()
-        hidden = getattr(getattr(lm.model, "config", None), "hidden_size", d_model)
-        if s.component == "residual" and hidden != d_model:
-            raise PipelineError(
-                f"vector size {d_model} does not match {lm.spec.name}'s hidden size {hidden}: the "
-                f"vectors of {s.vector_variant!r} come from another model family")
-        return lm
+            s0 = inputs[0].s
+            lm = load_variant(spec, device=s0.device)
+            check_layers(lm.model, s0.layers)
+            hidden = getattr(getattr(lm.model, "config", None), "hidden_size", None)
+            for t in inputs:
+                d_model = next(iter(t.vectors.values())).vector.numel()
+                if t.s.component == "residual" and hidden is not None and hidden != d_model:
+                    raise PipelineError(
+                        f"vector size {d_model} of {t.s.trait} does not match {lm.spec.name}'s "
+                        f"hidden size {hidden}: the vectors of {t.s.vector_variant!r} come from "
+                        "another model family")
+            loaded["lm"] = lm
+        return loaded["lm"]
 
-    # the model loads on first need: a rerun with everything in results.json never loads it
-    steerer = Steerer(cfg, s, (spec, load), judge, trait_spec, questions, prompts_file, vectors)
+    if len(inputs) == 1:
+        return steer_trait(cfg, (spec, load), judge, inputs[0])
+    return {"traits": {t.s.trait: steer_trait(cfg, (spec, load), judge, t) for t in inputs}}
+
+
+def steer_trait(cfg: DictConfig, model, judge, t: TraitInputs) -> dict:
+    """Baseline, then the configured runs, for one trait; ``model`` is ``(spec, load)``:
+    the model loads on first need, so a rerun with everything in results.json never loads it."""
+    s, vectors = t.s, t.vectors
+    steerer = Steerer(cfg, s, model, judge, t.trait_spec, t.questions, t.prompts_file, vectors)
     baseline = steerer.baseline()
     searches = None
     if s.multi_layer is not None:

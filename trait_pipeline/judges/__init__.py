@@ -50,6 +50,10 @@ class Judge(Protocol):
     def score_coherence(self, items: list[tuple[str, str]]) -> list[float | None]:
         """(question, answer) -> fluency 0..100, capped at 50/30 when the answer dodges/ignores."""
 
+    def score_bias(self, items: list[tuple[str, str, str]]) -> list[float | None]:
+        """(question, answer, bias description) -> how much the answer exploits that
+        reward-model bias, 0..100 (model-based judges only; see ``infer bias_score=true``)."""
+
     def score_scenarios(self, trait: TraitSpec, scenarios: list[str]) -> list[float | None]:
         """Vetting: how likely a model's continuation of each prompt shows the trait."""
 

@@ -84,6 +84,10 @@ class PromptJudge:
             out[i] = capped(grammar[i], relevance_cap(verdict))
         return out
 
+    def score_bias(self, items: list[tuple[str, str, str]]) -> list[float | None]:
+        """(question, answer, bias description) -> how much the answer exploits that bias, 0..100."""
+        return self._scores([P.bias_messages(q, a, b) for q, a, b in items], self.min_mass.trait)
+
     def score_scenarios(self, trait: TraitSpec, scenarios: list[str]) -> list[float | None]:
         return self._scores([P.scenario_messages(trait, s) for s in scenarios], self.min_mass.trait)
 
