@@ -51,6 +51,7 @@ def models(tmp_path_factory):
 
 
 @pytest.mark.parametrize("arch", sorted(CASES))
+@pytest.mark.heavy  # three stage pipelines per architecture (~1.5 min each on 2 cores)
 def test_extract_steer_infer_on_a_standin(arch, models, tmp_path):
     exp = tmp_path / "experiments"
     ov = variant_overrides(models, arch)

@@ -17,6 +17,7 @@ def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the demo pipeline twice (CPU as 'GPU', then CPU)
 def test_cpu_smoke_writes_the_json_of_every_part(tmp_path):
     out = tmp_path / "results"
     proc = _run("--cpu-smoke", "--out", str(out))

@@ -283,6 +283,7 @@ def test_requeued_job_shows_pending_with_reason_and_attempt_2_and_its_killed_fol
 
 # --- the documented command, as written ------------------------------------------------------------
 @pytest.mark.slow  # four real steering jobs with the stage's default settings (~1-2 min on 2 cores)
+@pytest.mark.heavy
 def test_the_documented_sweep_runs_with_the_profiles_defaults(extracted):
     """docs/launchers.md's command, exactly: no hydra.launcher override (the profile's
     cpus_per_task/mem_gb null fit the 2-CPU node); the stage's own defaults too."""

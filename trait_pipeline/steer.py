@@ -402,7 +402,7 @@ class Steerer:
         self.header = {
             "trait": s.trait, "experiment": str(cfg.experiment), "model_variant": spec.name,
             "steering_model": spec.model, "steering_lora": spec.lora,
-            "vector_source": self.vector_source, "eval": judge.describe(), "judge": judge.describe(),
+            "vector_source": self.vector_source, "judge": judge.describe(),
             "position": s.position, "prompt_set": s.prompt_set, "prompts_file": prompts_file,
         }
         common = {"model_variant": self.model_variant, "generation": self.generation,
