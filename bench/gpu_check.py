@@ -140,17 +140,15 @@ def _compare_runs(exp: dict[str, Path]) -> dict:
 def part_demo(out: Path, smoke: bool) -> dict:
     import torch
 
-    if smoke:  # a tiny stand-in instead of the demo family, both runs on the CPU
-        from trait_pipeline.archs.standins import build_standin
-
-        path = build_standin("llama", out / "standins")
-        model = [f"variants.base.model={path}", f"variants.instruct.model={path}",
-                 "dtype=float32"]
+    if smoke:  # the demo family at tiny sizes, both runs on the CPU
+        # (the demo family, not a random stand-in: the offline judge must find words to score,
+        # and an answer it cannot judge is never stored as a result)
+        model = []
         devices = ["cpu", "cpu"]
-        extract = ["max_pairs=4", "generation.max_new_tokens=6", "layers=[1]",
+        extract = ["max_pairs=4", "generation.max_new_tokens=6", "layers=[10]",
                    "steps=[generate,activations,vectors]", "method=[mean_diff]"]
-        steer = ["layer=1", "coef=[4]", "questions=1", "generation.max_new_tokens=6"]
-        infer = ["limit=2", "generation.max_new_tokens=6", "layer=1"]
+        steer = ["layer=10", "coef=[4]", "questions=4", "generation.max_new_tokens=12"]
+        infer = ["limit=2", "generation.max_new_tokens=6", "layer=10"]
     else:
         model = []
         devices = ["cuda", "cpu"]
