@@ -79,7 +79,7 @@ def test_a_planted_constant_dimension_is_found(lm):
     assert after["layers_per_dim"][str(PLANTED)] >= Criterion().min_layers
     assert PLANTED in after["top_dims_by_layer"]["0"]
     assert after["largest_by_layer"]["0"][0]["dim"] == PLANTED
-    assert after["largest_by_layer"]["0"][0]["ratio_to_median"] > 30
+    assert after["largest_by_layer"]["0"][0]["ratio_to_median"] > Criterion().min_ratio
 
 
 COMMON = ("model_variant=instruct", "limit=2", "generation.max_new_tokens=4", "layer=10",

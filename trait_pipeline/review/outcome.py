@@ -1,6 +1,7 @@
 """A job's main measurement, in one small dict for ``run.json`` (what ``runs`` prints).
 
-* extract: the best vector's val accuracy (only when a step actually ran);
+* extract: the best vector's val accuracy (only when a step actually ran; when no vector
+  beats the null, the top one, marked ``beats_null: false``);
 * steer: the best delta over baseline among the runs *this job* added to results.json
   (the entries whose ``snapshot`` is this job's), coherent ones first;
 * infer: the mean response projection per trait and prompt set;
@@ -40,8 +41,14 @@ def _extract(summary: Any) -> dict | None:
     if not isinstance(summary, dict) or "ran" not in (summary.get("steps") or {}).values():
         return None
     best = summary.get("best") or {}
+    beats_null = bool(best)
+    if not best:  # no vector beat the null: report the top one, saying so
+        per_method = summary.get("best_per_method") or {}
+        if per_method:
+            method, row = max(per_method.items(), key=lambda kv: kv[1].get("val_accuracy") or 0)
+            best = {**row, "method": method}
     out = {"metric": "val_accuracy", "value": best.get("val_accuracy"),
-           "method": best.get("method"), "layer": best.get("layer")}
+           "method": best.get("method"), "layer": best.get("layer"), "beats_null": beats_null}
     return out if out["value"] is not None else {"metric": "steps", "value": None,
                                                  "steps": summary.get("steps")}
 

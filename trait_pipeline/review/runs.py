@@ -150,7 +150,8 @@ def format_result(rec: run_record.RunRecord | None) -> str:
     v = r.get("value")
     metric = r.get("metric")
     if metric == "val_accuracy" and v is not None:
-        return f"val acc {v:.3f} ({r.get('method')} L{r.get('layer')})"
+        note = "" if r.get("beats_null", True) else ", not above the null"
+        return f"val acc {v:.3f} ({r.get('method')} L{r.get('layer')}{note})"
     if metric == "delta":
         if v is None:
             return f"no delta ({r.get('n_runs')} runs)"
