@@ -27,8 +27,9 @@ ECHO = [sys.executable, str(ROOT / "tests" / "apps" / "echo_stage.py")]
 STEER = [sys.executable, "-m", "trait_pipeline.steer"]
 STATUS = [sys.executable, "-m", "trait_pipeline.sweep_status"]
 TRAIT = "demo/optimism"
-# tiny steering: 1 question, 4 new tokens, one explicit coefficient, vectors at all[:]
-STEER_TINY = ["questions=1", "coef=4", "generation.max_new_tokens=4", "position=all[:]", "device=cpu"]
+# 10 tokens: shorter answers hold no word the offline judge can score, and an unjudged baseline
+# is (rightly) never stored
+STEER_TINY = ["questions=2", "coef=4", "generation.max_new_tokens=10", "position=all[:]", "device=cpu"]
 # the slurm profile as it ships (cpus_per_task/mem_gb null: the cluster's defaults), polled faster
 SLURM_TINY = ["hydra/launcher=slurm", "hydra.launcher.poll_s=0.5"]
 
