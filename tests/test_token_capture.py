@@ -31,6 +31,12 @@ def seqs(lm, ids):
     return capture_generate(lm, ids, ["residual", "attn_out", "mlp_out"], max_new_tokens=20)
 
 
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to float32 summation order: 1e-4, plus 1e-6 of the largest activation (the demo's
+    residual stream reaches ~500, where one ulp is ~3e-5)."""
+    return a.shape == b.shape and float((a - b).abs().max()) <= 1e-4 + 1e-6 * float(a.abs().max())
+
+
 def test_exactly_one_row_per_token_for_every_component(lm, ids, seqs):
     for p, s in zip(ids, seqs):
         assert s.prompt_ids == p
@@ -58,15 +64,15 @@ def test_kv_cache_capture_equals_one_forward_pass(lm, ids, seqs):
     rep = capture_replay(lm, ids, [s.response_ids for s in seqs], ["residual", "attn_out"])
     for s, r in zip(seqs, rep):
         for comp in ("residual", "attn_out"):
-            assert torch.allclose(s.prompt[comp], r.prompt[comp], atol=1e-4, rtol=1e-4)
-            assert torch.allclose(s.response[comp], r.response[comp], atol=1e-4, rtol=1e-4)
+            assert _close(s.prompt[comp], r.prompt[comp])
+            assert _close(s.response[comp], r.response[comp])
 
 
 def test_batching_does_not_change_activations(lm, ids, seqs):
     alone = capture_generate(lm, ids[1:2], max_new_tokens=20)[0]
     assert alone.response_ids == seqs[1].response_ids
-    assert torch.allclose(alone.response["residual"], seqs[1].response["residual"], atol=1e-4, rtol=1e-4)
-    assert torch.allclose(alone.prompt["residual"], seqs[1].prompt["residual"], atol=1e-4, rtol=1e-4)
+    assert _close(alone.response["residual"], seqs[1].response["residual"])
+    assert _close(alone.prompt["residual"], seqs[1].prompt["residual"])
 
 
 def test_replay_through_the_lora_gives_other_activations_on_the_same_tokens(ids, seqs):
