@@ -324,16 +324,204 @@ def part_bench(out: Path, smoke: bool) -> dict:
     return res
 
 
+# ------------------------------------------------------------------------------------------
+# part 3: what part 2 leaves open -- is the batched sweep's token disagreement only rounding,
+# does the out-of-memory halving keep rows aligned, and steering overhead timed interleaved
+
+
+def _llama(shape: dict, dtype, dev, tok):
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(**shape, max_position_embeddings=4096, rope_theta=500000.0,
+                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                   pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    with torch.device(dev):
+        return transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+
+
+def _sweep_agreement(model, tok, dev, layers: list[int], coefs: list[float], n_prompts: int,
+                     seq: int, new: int, v) -> dict:
+    """Batched RowSteering vs one steered run per config: next-token logits and greedy tokens."""
+    import torch
+
+    from trait_pipeline.config import VariantSpec
+    from trait_pipeline.generation import generate
+    from trait_pipeline.models import LoadedModel
+    from trait_pipeline.steering_ops import RowSteering, SteeringTerm, steer
+
+    lm = LoadedModel(VariantSpec("bench", "random", dtype=str(model.dtype)), model, tok, dev,
+                     chat=False)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(10, len(tok), (n_prompts, seq), generator=g).to(dev)
+    configs = [[SteeringTerm(la, "residual", v, coef=c)] for la in layers for c in coefs]
+    rows = [c for c in configs for _ in range(n_prompts)]
+    with torch.no_grad():
+        with RowSteering(model, rows)(0, len(rows)):
+            batched = model(input_ids=ids.repeat(len(configs), 1), logits_to_keep=1).logits[:, -1].float()
+        loop = []
+        for c in configs:
+            with steer(model, c):
+                loop.append(model(input_ids=ids, logits_to_keep=1).logits[:, -1].float())
+        loop = torch.cat(loop)
+    diff = (batched - loop).abs().max().item()
+    top2 = loop.topk(2, dim=-1).values
+    prompts = [tok.decode(r) for r in ids.tolist()]
+    got_b = generate(lm, prompts * len(configs), max_new_tokens=new, batch_size=len(rows),
+                     formatted=True, batch_context=RowSteering(model, rows))
+    got_l = []
+    for c in configs:
+        with steer(model, c):
+            got_l += generate(lm, prompts, max_new_tokens=new, batch_size=n_prompts, formatted=True)
+    same = sum(a.response_ids == b.response_ids for a, b in zip(got_b, got_l))
+    first = sum(a.response_ids[:1] == b.response_ids[:1] for a, b in zip(got_b, got_l))
+    return {"dtype": str(model.dtype), "rows": len(rows), "max_new_tokens": new,
+            "next_token_logits_max_abs_diff": round(diff, 6),
+            "logit_scale_std": round(loop.std().item(), 4),
+            "median_top1_top2_gap": round((top2[:, 0] - top2[:, 1]).median().item(), 6),
+            "same_argmax_next_token": f"{int((batched.argmax(-1) == loop.argmax(-1)).sum())}/{len(rows)}",
+            "rows_first_token_equal": f"{first}/{len(rows)}",
+            "rows_all_tokens_equal": f"{same}/{len(rows)}"}
+
+
+def part_extras(out: Path, smoke: bool) -> dict:
+    import logging
+
+    import torch
+
+    from trait_pipeline.archs.standins import STANDINS, build_tokenizer
+    from trait_pipeline.config import VariantSpec
+    from trait_pipeline.generation import generate
+    from trait_pipeline.models import LoadedModel
+    from trait_pipeline.steering_ops import RowSteering, SteeringTerm, steer
+
+    cuda = torch.cuda.is_available() and not smoke
+    if not cuda and not smoke:
+        raise RuntimeError("no CUDA device: run with --cpu-smoke")
+    dev = torch.device("cuda:0" if cuda else "cpu")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    tok = build_tokenizer(STANDINS["llama"])
+    tok.padding_side = "left"
+    if smoke:
+        shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512}
+        layers, coefs, n_prompts, seq, new, repeats = [1, 2], [2.0, 4.0], 2, 16, 4, 1
+        oom = {"batch": 8, "seq": 16, "new": 2}
+    else:
+        shape = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                 "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256}
+        layers, coefs, n_prompts, seq, new, repeats = [8, 16], [4.0, 8.0], 8, 64, 16, 5
+        oom = {"batch": 512, "seq": 256, "new": 4}
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(shape["hidden_size"], generator=g)
+    v = v / v.norm()
+    res: dict = {"shape": shape}
+
+    # 1. agreement of the batched sweep with per-config runs, in float32 and bfloat16
+    res["sweep_agreement"] = []
+    for dtype in (torch.float32, torch.bfloat16):
+        model = _llama(shape, dtype, dev, tok)
+        row = _sweep_agreement(model, tok, dev, layers, coefs, n_prompts, seq, new, v)
+        log(f"sweep agreement: {row}")
+        res["sweep_agreement"].append(row)
+        if dtype is torch.float32:
+            del model
+            if cuda:
+                torch.cuda.empty_cache()
+
+    # 2. steered vs plain generate, timed interleaved so clock and cache drift hit both alike
+    model.generation_config.min_new_tokens = 32 if cuda else 4
+    lm = LoadedModel(VariantSpec("bench", "random", dtype="bfloat16"), model, tok, dev, chat=False)
+    prompts = [" ".join(["the project is going well ."] * 16)] * 8
+    term = [SteeringTerm(shape["num_hidden_layers"] // 2, "residual", v, coef=4.0)]
+    n_new = 32 if cuda else 4
+
+    def plain():
+        generate(lm, prompts, max_new_tokens=n_new, batch_size=8, formatted=True)
+
+    def steered():
+        with steer(model, term):
+            generate(lm, prompts, max_new_tokens=n_new, batch_size=8, formatted=True)
+
+    plain(), steered()
+    sync()
+    tp, ts = [], []
+    for _ in range(repeats):
+        for fn, acc in ((plain, tp), (steered, ts)):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            acc.append(time.perf_counter() - t0)
+    res["steering_interleaved"] = {
+        "repeats": repeats, "max_new_tokens": n_new, "plain_s": [round(t, 3) for t in tp],
+        "steered_s": [round(t, 3) for t in ts],
+        "median_ratio_steered_over_plain": round(statistics.median(ts) / statistics.median(tp), 3),
+        "ms_per_token_plain": round(1000 * statistics.median(tp) / n_new, 1)}
+    log(f"steering interleaved: {res['steering_interleaved']}")
+    model.generation_config.min_new_tokens = None
+
+    # 3. out-of-memory halving: a batch too large for a capped share of the GPU, steered per row
+    warnings: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            warnings.append(record.getMessage())
+
+    handler = Catch(level=logging.WARNING)
+    logging.getLogger("trait_pipeline.generation").addHandler(handler)
+    b = oom["batch"]
+    rows = [[SteeringTerm(layers[i % len(layers)], "residual", v, coef=coefs[i % len(coefs)])]
+            for i in range(b)]
+    ids = torch.randint(10, len(tok), (b, oom["seq"]), generator=g)
+    ps = [tok.decode(r) for r in ids.tolist()]
+    if cuda:
+        torch.cuda.empty_cache()
+        used = torch.cuda.memory_allocated()
+        total = torch.cuda.get_device_properties(dev).total_memory
+        cap = (used + 12 * 2**30) / total  # the weights plus 12 GiB
+        torch.cuda.set_per_process_memory_fraction(cap, dev)
+    t0 = time.perf_counter()
+    try:
+        big = generate(lm, ps, max_new_tokens=oom["new"], batch_size=b, formatted=True,
+                       batch_context=RowSteering(model, rows))
+        t_big = time.perf_counter() - t0
+        halvings = [w for w in warnings if "out of memory" in w]
+        final = b >> len(halvings)
+        # The same rows at the batch size the halving settled on, under the same cap (so the
+        # same kernels): the chunks are the same, so every row must match if the halving kept
+        # each row's steering with its prompt. The control shifts the steering by one row,
+        # which is what a misalignment would look like.
+        again = generate(lm, ps, max_new_tokens=oom["new"], batch_size=final, formatted=True,
+                         batch_context=RowSteering(model, rows))
+        shifted = generate(lm, ps, max_new_tokens=oom["new"], batch_size=final, formatted=True,
+                           batch_context=RowSteering(model, rows[1:] + rows[:1]))
+    finally:
+        if cuda:
+            torch.cuda.set_per_process_memory_fraction(1.0, dev)
+        logging.getLogger("trait_pipeline.generation").removeHandler(handler)
+    same = sum(x.response_ids == y.response_ids for x, y in zip(big, again))
+    control = sum(x.response_ids == y.response_ids for x, y in zip(big, shifted))
+    res["oom_halving"] = {"requested_batch": b, "seq": oom["seq"], "halvings": len(halvings),
+                          "final_batch": final, "seconds": round(t_big, 2),
+                          "memory_cap_gib": round(cap * total / 2**30, 1) if cuda else None,
+                          "rows_equal_to_a_run_at_the_final_batch": f"{same}/{b}",
+                          "control_rows_equal_with_steering_shifted_one_row": f"{control}/{b}"}
+    log(f"oom halving: {res['oom_halving']}")
+    return res
+
+
 def part_summary(out: Path, smoke: bool) -> dict:
     parts = {}
-    for name in ("demo", "bench"):
+    for name in ("demo", "bench", "extras"):
         f = out / f"{name}.json"
         parts[name] = json.loads(f.read_text()) if f.is_file() else {"status": "missing"}
     return {"schema_version": 1, "cpu_smoke": smoke, "environment": environment(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "parts": parts}
 
 
-PARTS = {"demo": part_demo, "bench": part_bench, "summary": part_summary}
+PARTS = {"demo": part_demo, "bench": part_bench, "extras": part_extras,
+         "summary": part_summary}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,8 @@
 # Run from the repository root. Parts, each in its own time box, each writing DIR/<part>.json:
 #   demo   the demo pipeline (extract -> steer -> infer) on CUDA and on CPU, same seed, compared
 #   bench  capture / steering / L x K sweep overheads on a random Llama-3-8B-shaped bf16 model
+#   extras the sweep's batched-vs-loop agreement in fp32 and bf16, steering timed interleaved,
+#          and out-of-memory halving under a capped share of the GPU
 # then DIR/gpu_check.json merges them (written even when a part failed or timed out).
 # Missing pure-python wheels may be carried in .whl/: they are installed into /tmp/site.
 set -euo pipefail
@@ -46,9 +48,11 @@ part() {  # part NAME SECONDS: run one part in its time box; a failure does not 
 if [[ ${#SMOKE[@]} -gt 0 ]]; then
   part bench 300     # seconds on a quiet CPU; the boxes leave room for a loaded CI machine
   part demo 600
+  part extras 300
 else
   part demo 270      # includes building the demo family when .cache/ was not carried
   part bench 180
+  part extras 150
 fi
 python3 bench/gpu_check.py --part summary --out "$OUT" ${SMOKE[@]+"${SMOKE[@]}"} || true
 echo "[gpu_check] done: $OUT/gpu_check.json"

@@ -36,6 +36,13 @@ def test_cpu_smoke_writes_the_json_of_every_part(tmp_path):
     assert comp["steering"] and all(s["equal"] for s in comp["steering"])
     assert comp["inference"] and all(r["equal"] for r in comp["inference"])
     assert comp["summary"]["max_projection_rel_diff"] == 0
+    extras = summary["parts"]["extras"]
+    assert extras["status"] == "ok", extras
+    # on one device in fp32, the batched sweep is the per-config runs exactly
+    fp32 = extras["sweep_agreement"][0]
+    assert fp32["dtype"] == "torch.float32" and fp32["rows_all_tokens_equal"] == "8/8"
+    assert extras["oom_halving"]["rows_equal_to_a_run_at_the_final_batch"] == "8/8"
+    assert extras["steering_interleaved"]["median_ratio_steered_over_plain"] > 0
 
 
 def test_a_bad_argument_is_one_line(tmp_path):

@@ -107,6 +107,31 @@ def test_batched_configs_equal_separate_runs(lm, direction, positions):
     assert len(set(texts)) >= 3
 
 
+def test_batched_configs_stay_aligned_when_out_of_memory_halves_the_batch(lm, direction, monkeypatch):
+    """An OOM mid-sweep halves the sub-batch; each row keeps its own config (== separate runs)."""
+    configs = _configs(direction)
+    rows = [terms for terms in configs for _ in QUESTIONS]
+    real, sizes = lm.model.generate, []
+
+    def small_memory(*a, **k):  # a device that fits 3 rows at a time
+        n = k["input_ids"].shape[0]
+        sizes.append(n)
+        if n > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*a, **k)
+
+    monkeypatch.setattr(lm.model, "generate", small_memory)
+    batched = generate(lm, QUESTIONS * len(configs), max_new_tokens=10, batch_size=16,
+                       batch_context=RowSteering(lm.model, rows))
+    monkeypatch.undo()
+    assert sizes == [16, 8, 4] + [2] * 8  # halved until it fits, then kept
+    separate = []
+    for terms in configs:
+        with steer(lm.model, terms):
+            separate += generate(lm, QUESTIONS, max_new_tokens=10, batch_size=len(QUESTIONS))
+    assert [g.response_ids for g in batched] == [g.response_ids for g in separate]
+
+
 def test_row_plan_out_of_range_is_an_error(lm):
     with pytest.raises(IndexError):
         RowSteering(lm.model, [[]] * 2)(0, 3)
