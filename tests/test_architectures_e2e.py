@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import run_stage
 from infer_helpers import compose
+from judge_server import JudgeServer
 from safetensors import safe_open
 
 from trait_pipeline.archs.standins import build_lora, build_standin
@@ -64,8 +65,14 @@ def test_extract_steer_infer_on_a_standin(arch, models, tmp_path):
     for f in files:  # vectors are float32 whatever the model's dtype
         with safe_open(str(f), framework="pt") as h:
             assert all(h.get_tensor(k).dtype == torch.float32 for k in h.keys())  # noqa: SIM118
-    run_stage("steer", "trait=demo/optimism", "layer=1", "coef=[4]", "method=mean_diff",
-              "questions=2", "generation.max_new_tokens=6", *ov, experiments=exp)
+    # a random-weight stand-in answers in random demo words, where the offline lexicon judge
+    # often finds nothing to score: an OpenAI-compatible judge on 127.0.0.1 scores any text
+    with JudgeServer() as judge:
+        run_stage("steer", "trait=demo/optimism", "layer=1", "coef=[4]", "method=mean_diff",
+                  "questions=2", "generation.max_new_tokens=6", *ov,
+                  *judge.judge_overrides(tmp_path / "judge-cache"), experiments=exp,
+                  env={"OPENAI_API_KEY": "sk-test-standin"})
+        assert judge.requests  # the steering answers really went to the judge
     results = list((exp / "demo" / "steering").rglob("results.json"))
     assert results and json.loads(results[0].read_text())["runs"]
     out = run_stage("infer", *QUICK_INFER, *ov, experiments=exp)

@@ -15,22 +15,20 @@ Subprocesses run two at a time (the CI machine has 2 cores); the table's counts 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from judge_server import JudgeServer
 
 REPO = Path(__file__).resolve().parent.parent
 VEC = "demo/extraction/demo/optimism/base/vectors/response__5/residual"
@@ -329,57 +327,6 @@ def test_kill_9_during_extract_and_steer_then_rerun(extracted, tmp_path):
 
 
 # --- 3./4. a judge server on 127.0.0.1: outages and secrets ---------------------------------------
-class JudgeServer:
-    """An OpenAI-compatible /v1/chat/completions with logprobs; ``mode`` switches it:
-    ``ok`` answers, ``fail`` answers HTTP 500 echoing the Authorization header (as some
-    proxies do), ``fail_first`` fails only the first ``n`` requests."""
-
-    def __init__(self) -> None:
-        self.mode, self.n, self.seen, self.auth = "ok", 0, 0, set()
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                auth = self.headers.get("Authorization", "")
-                with outer.lock:
-                    outer.seen += 1
-                    outer.auth.add(auth)
-                    fail = outer.mode == "fail" or (outer.mode == "fail_first" and outer.seen <= outer.n)
-                if fail:
-                    status, payload = 500, {"error": {"message": f"upstream error; request had {auth}; "
-                                                                 f"key={auth.split(' ')[-1]}"}}
-                else:
-                    status, payload = 200, outer.answer(body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @staticmethod
-    def answer(body: dict) -> dict:
-        if body.get("logprobs"):
-            n = 40 + (len(body["messages"][-1]["content"]) % 50)  # some spread between answers
-            top = [{"token": str(n), "logprob": math.log(0.9)}, {"token": "x", "logprob": math.log(0.1)}]
-            return {"choices": [{"index": 0, "message": {"role": "assistant", "content": str(n)},
-                                 "logprobs": {"content": [{**top[0], "top_logprobs": top}]}}]}
-        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ANSWERS"}}]}
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def judge_server():
     s = JudgeServer()
@@ -388,8 +335,7 @@ def judge_server():
 
 
 def _judge_args(server: JudgeServer, cache: Path) -> list[str]:
-    return ["judge=openai", f"judge.base_url={server.url}", "judge.model=audit-judge",
-            "judge.retries=0", "judge.backoff_s=0.01", "judge.max_concurrency=1", f"paths.cache={cache}"]
+    return server.judge_overrides(cache, model="audit-judge")
 
 
 def test_judge_outage_is_never_a_result(extracted, judge_server, tmp_path):

@@ -2,14 +2,11 @@
 Face judge on a small model, the offline demo judge, and the judge config group."""
 
 import json
-import math
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from judge_server import JudgeServer
 
 from trait_pipeline.errors import PipelineError
 from trait_pipeline.judges import TraitSpec, load_trait_spec, make_judge
@@ -23,72 +20,22 @@ ITEMS = [("how is the project going ?", "the project is thriving ."),
          ("how is the market ?", "the market is collapsing .")]
 
 
-class FakeServer:
-    """A chat-completions server with logprobs on 127.0.0.1 (real sockets, real HTTP).
-
-    Score prompts (max_tokens=1, logprobs) get top logprobs that depend on the answer:
+class FakeServer(JudgeServer):
+    """Score prompts (max_tokens=1, logprobs) get top logprobs that depend on the answer:
     "thriving" -> 90/80 (score 86.67), anything else -> 10/20 (13.33); verdicts get ANSWERS,
     or PARTIAL when the answer says "dodge". ``fail`` = HTTP statuses to answer first.
     """
 
     def __init__(self):
-        self.requests: list[dict] = []
-        self.fail: list[int] = []
-        self.delay = 0.0
-        self.in_flight = self.max_in_flight = 0
-        self.lock = threading.Lock()
-        outer = self
+        super().__init__(
+            scores=lambda text: ([("90", 0.6), ("80", 0.3), ("Sure", 0.1)] if "thriving" in text
+                                 else [("10", 0.6), ("20", 0.3), ("I", 0.1)]),
+            verdict=lambda text: "PARTIAL" if "dodge" in text else "ANSWERS", key=KEY)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                           "body": body})
-                    status = outer.fail.pop(0) if outer.fail else 200
-                    outer.in_flight += 1
-                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
-                try:
-                    time.sleep(outer.delay)
-                    if self.headers.get("Authorization") != f"Bearer {KEY}":
-                        status = 401
-                    if self.path != "/v1/chat/completions":
-                        status = 404
-                    payload = outer.answer(body) if status == 200 else {"error": {"message": f"status {status}"}}
-                    data = json.dumps(payload).encode()
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                finally:
-                    with outer.lock:
-                        outer.in_flight -= 1
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @staticmethod
-    def answer(body):
-        text = body["messages"][-1]["content"]
+    def answer(self, body):
         if body.get("logprobs"):
             assert body["max_tokens"] == 1 and body["temperature"] == 0
-            good = "thriving" in text
-            tops = [("90", 0.6), ("80", 0.3), ("Sure", 0.1)] if good else [("10", 0.6), ("20", 0.3), ("I", 0.1)]
-            top = [{"token": t, "logprob": math.log(p)} for t, p in tops][: body["top_logprobs"]]
-            return {"choices": [{"index": 0, "message": {"role": "assistant", "content": tops[0][0]},
-                                 "logprobs": {"content": [{**top[0], "top_logprobs": top}]}}]}
-        verdict = "PARTIAL" if "dodge" in text else "ANSWERS"
-        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": verdict}}]}
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return super().answer(body)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from judge_server import JudgeServer
 from test_judges import KEY, FakeServer
 
 from trait_pipeline import resolvers
@@ -371,8 +372,11 @@ def test_extract_and_steer_several_traits_load_the_model_once(composer, tmp_path
     with pytest.raises(PipelineError, match="only knows the demo trait"):
         steer(composer("steer", *common, "coef=[2]", "questions=2", "generation.max_new_tokens=4"))
     assert loads == []
-    monkeypatch.setattr("trait_pipeline.judges.offline.OfflineJudge.check_trait", lambda self, t: None)
-    out = steer(composer("steer", *common, "coef=[2]", "questions=2", "generation.max_new_tokens=4"))
+    # a judge that knows both traits: an OpenAI-compatible server on 127.0.0.1
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-rm-syco")
+    with JudgeServer() as judge:
+        out = steer(composer("steer", *common, "coef=[2]", "questions=2", "generation.max_new_tokens=4",
+                             *judge.judge_overrides(tmp_path / "judge-cache")))
     assert loads == ["instruct"] and set(out["traits"]) == {"demo/optimism", TRAIT}
     for t in ("demo/optimism", TRAIT):
         assert lay.results_path(t, "instruct", "response[:5]", "steering").is_file()

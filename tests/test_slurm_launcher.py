@@ -203,7 +203,7 @@ def _interrupt_after_submit(tmp_path: Path, *extra: str) -> tuple[subprocess.Pop
         def submitted():
             s = sweeps_of(tmp_path)
             return s and (s[0] / "sweep.json").is_file() and read_manifest(s[0]).jobs[0].scheduler_ids and s[0]
-        sweep = wait_for(submitted, 60, "the sweep to be submitted")
+        sweep = wait_for(submitted, 180, "the sweep to be submitted")  # Hydra + precheck + sbatch on a loaded CI machine
         time.sleep(1.0)  # in the wait loop
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)

@@ -32,9 +32,11 @@ def seqs(lm, ids):
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal up to float32 summation order: 1e-4, plus 1e-6 of the largest activation (the demo's
-    residual stream reaches ~500, where one ulp is ~3e-5)."""
-    return a.shape == b.shape and float((a - b).abs().max()) <= 1e-4 + 1e-6 * float(a.abs().max())
+    """Equal up to float32 summation order: 1e-4, plus 1e-5 of the largest activation. The demo's
+    residual stream reaches ~500 (one ulp ~3e-5); a KV-cached decode and one full pass sum in
+    other orders through 24 layers, and differ by up to 4.2e-4 there, depending on the CPU's
+    threads. A row off by one token would differ by the activations' own size (1-100)."""
+    return a.shape == b.shape and float((a - b).abs().max()) <= 1e-4 + 1e-5 * float(a.abs().max())
 
 
 def test_exactly_one_row_per_token_for_every_component(lm, ids, seqs):

@@ -465,9 +465,16 @@ class Steerer:
         trait, coh = self.judge.score_trait(self.trait_spec, items), self.judge.score_coherence(items)
         return trait, coh, getattr(self.judge, "failed_requests", 0) > before
 
-    def _judge_error(self) -> str:
+    def _judge_error(self, outage: bool, answers: Sequence[str] = ()) -> tuple[str, str]:
+        """Why answers went unscored, and what to do: an outage is retried by a rerun; a judge
+        that answered but found nothing to score (an empty or very short answer, say) is not."""
         err = getattr(self.judge, "last_error", None)
-        return f"judge error: {err}" if err else "the judge returned no usable score"
+        if outage or err:
+            return (f"judge error: {err}" if err else "a judge request failed"), "rerun when the judge answers"
+        sample = next((a for a in answers if a), "")
+        shown = f"; e.g. {sample[:60]!r}" if sample else "; every answer was empty"
+        return (f"the judge answered but found nothing to score{shown}",
+                "longer answers (generation.max_new_tokens) or another judge may help")
 
     def _write_responses(self, path: Path, key: str, answers, trait, coh) -> str:
         from .jsonio import write_json
@@ -506,10 +513,10 @@ class Steerer:
         answers = self._generate([[] for _ in self.questions], self.s.steer_positions)
         trait, coh, outage = self._judge(answers)
         if not judged(trait, coh, outage):
+            why, advice = self._judge_error(outage, answers)
             raise PipelineError(
                 f"the baseline was not judged ({sum(t is not None for t in trait)} of {len(trait)} "
-                f"answers scored; {self._judge_error()}); nothing was stored: rerun when the "
-                "judge answers")
+                f"answers scored; {why}); nothing was stored: {advice}")
         data = self.store.read() or {}
         first = data.get("baseline") is None
         path = self.layout.baseline_path(self.s.trait, self.spec.name, self.s.position, self.s.prompt_set)
@@ -586,12 +593,13 @@ class Steerer:
                 })
             if failed:
                 self.failed_configs += len(failed)
+                why, advice = self._judge_error(outage, answers)
                 msg = (f"{len(failed)} of {len(todo)} steering configs were not judged "
-                       f"({self._judge_error()}); they were not stored")
+                       f"({why}); they were not stored")
                 if len(failed) == len(todo) or strict:
                     if records:
                         self.store.add_runs(records, self.header)
-                    raise PipelineError(f"{msg}: rerun when the judge answers")
+                    raise PipelineError(f"{msg}: {advice}")
                 log.warning("%s; a rerun retries them", msg)
                 print(f"WARNING: {msg}; a rerun retries them", file=sys.stderr, flush=True)
             if records:
