@@ -16,6 +16,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Two xdist workers share the 2 cores, and each stage a test starts is a third process: with
+# torch's default of one thread per core, OpenMP's spinning barriers make contended steps
+# many times slower (measured 13.8x on the demo build). One thread per process, tests and
+# the stages they start alike.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def run_stage(stage: str, *overrides: str, experiments: Path | None = None,
               check: bool = True, timeout: float = 900,
@@ -96,3 +102,22 @@ def review_runs(tmp_path_factory, demo_family) -> dict:
               experiments=root, env=env)
     sweep = next((root / "demo" / "sweeps" / "steer").iterdir())
     return {"root": root, "sweep": sweep, "key": FAKE_KEY}
+
+
+# Tests run on two xdist workers (README's test command). Tests that share a costly
+# session fixture go to one worker, so it is built once; the SLURM tests go to one worker
+# too, since they share the one-node cluster's 2 CPUs and time what it does.
+_SHARED_FIXTURES = ("_demo_master", "review_runs", "_extracted_master")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into node ids
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+            continue
+        shared = [f for f in _SHARED_FIXTURES if f in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))

@@ -23,7 +23,8 @@ from dashboard_fixture import make_fixture_experiment
 
 from trait_pipeline.serve import CHROMIUM, running
 
-pytestmark = pytest.mark.browser
+# both parametrisations ask for the whole demo (getfixturevalue): one worker builds it once
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("_demo_master")]
 playwright_api = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no chromium at {CHROMIUM}", allow_module_level=True)

@@ -30,3 +30,21 @@ def test_missing_and_malformed_files_are_one_line_errors(tmp_path):
     bad.write_text('{"a": 1,\n "b": }')
     with pytest.raises(PipelineError, match=r"malformed JSON in .*bad.json: line 2"):
         read_json(bad)
+
+
+def test_float32_values_are_written_without_float64_noise(tmp_path):
+    import numpy as np
+    import torch
+
+    from trait_pipeline.jsonio import read_json, write_json
+
+    v = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    values = [float(x) for x in v]  # float() of a float32: float64 noise digits
+    stats = [143 / 144, 0.1 + 0.2, 1764463200.5, 0.0, -0.0, 3]  # not float32 values: as they are
+    write_json(tmp_path / "a.json", {"v": values, "s": stats, "t": (1.5, float(np.float32(0.1)))})
+    text = (tmp_path / "a.json").read_text()
+    assert "0.10000000149011612" not in text and "0.1\n" in text
+    back = read_json(tmp_path / "a.json")
+    assert torch.equal(torch.tensor(back["v"], dtype=torch.float32), v)  # same float32, bit for bit
+    assert max(len(repr(x)) for x in back["v"]) <= 15  # sign, 9 digits, point, exponent at most
+    assert back["s"] == stats and back["t"] == [1.5, 0.1]

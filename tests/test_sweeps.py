@@ -123,3 +123,25 @@ def test_resubmit_overrides_are_launcher_settings_checked_by_type():
                        ("hydra.launcher.wait=3", "expected bool")]:
         with pytest.raises(PipelineError, match=words.replace("|", r"\|")):
             parse_launcher_overrides([bad], SlurmParams)
+
+
+def test_a_never_started_array_task_gone_from_its_record_is_cancelled(tmp_path, monkeypatch):
+    """scancel of one task while the array waits as one record: SLURM drops it from the range
+    and keeps no trace; its siblings are still listed (seen on the one-node cluster)."""
+    from trait_pipeline import sweeps
+
+    make_sweep(tmp_path, n=3, launcher="slurm")
+    m = read_manifest(tmp_path)
+    for j in m.jobs:
+        j.scheduler_ids = [f"77_{j.num}"]
+    write_manifest(tmp_path, m)
+    known = {"77_0": sweeps.SchedulerInfo("PENDING", "Resources"),
+             "77_1": sweeps.SchedulerInfo("PENDING", "Resources")}
+    monkeypatch.setattr(sweeps, "scheduler_info", lambda ids: {i: known[i] for i in ids if i in known})
+    monkeypatch.setattr(sweeps, "slurm_available", lambda: True)
+    st = job_states(tmp_path)
+    assert [s.state for s in st] == ["pending", "pending", "cancelled"]
+    assert st[2].reason == "removed from the queue before it started"
+    # SLURM knows nothing of the array any more: lost, not cancelled (it may have run elsewhere)
+    known.clear()
+    assert [s.state for s in job_states(tmp_path)] == ["lost"] * 3

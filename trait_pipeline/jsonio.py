@@ -40,7 +40,37 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: Any, indent: int = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(tidy_floats(obj), indent=indent, ensure_ascii=False) + "\n")
+
+
+def tidy_floats(obj: Any) -> Any:
+    """``obj`` with every float that is exactly a float32 written as float32's shortest digits.
+
+    Activations, vectors and projections are float32; ``float()`` of one prints float64 noise
+    (``7.920708656311035``) that means nothing. The shortest float32 digits (``7.9207087``)
+    read back to the same float32, so no precision is lost. Other floats are kept as they are.
+
+    >>> tidy_floats({"a": [float(__import__("numpy").float32(7.9207087)), 0.1, 2]})
+    {'a': [7.9207087, 0.1, 2]}
+    """
+    if isinstance(obj, float):
+        return _float32_digits(obj)
+    if isinstance(obj, dict):
+        return {k: tidy_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [tidy_floats(v) for v in obj]
+    return obj
+
+
+def _float32_digits(x: float) -> float:
+    import math
+
+    import numpy as np
+
+    if not math.isfinite(x) or x == 0.0:
+        return x
+    f = np.float32(x)
+    return float(str(f)) if float(f) == x else x
 
 
 def read_json(path: Path) -> Any:

@@ -258,6 +258,7 @@ def job_states(sweep_dir: Path, query_scheduler: bool = True) -> list[JobStatus]
     latest = {j.num: j.scheduler_ids[-1] for j in manifest.jobs if j.scheduler_ids}
     sched = scheduler_info(list(latest.values())) if query_scheduler else {}
     slurm_asked = query_scheduler and slurm_available()
+    known_arrays = {i.split("_")[0] for i in sched}
     out = []
     for job in manifest.jobs:
         path = job_file(sweep_dir, job.num)
@@ -295,6 +296,11 @@ def job_states(sweep_dir: Path, query_scheduler: bool = True) -> list[JobStatus]
             st.state = "running" if (not local or _pid_alive(own.get("pid"))) else "lost"
             if file_state == "killed" or (sid and slurm_asked):
                 st.state = "lost"  # SLURM forgot it and it never finished
+        elif sid and slurm_asked and not own and "_" in sid and sid.split("_")[0] in known_arrays:
+            # An array task cancelled while it waited with its siblings in one record: SLURM
+            # drops it from the record's task range and keeps no trace of it, while its
+            # siblings are still listed. It never started (no job file): it was cancelled.
+            st.state, st.reason = "cancelled", "removed from the queue before it started"
         elif sid and slurm_asked:
             st.state = "lost"
         out.append(st)
