@@ -223,12 +223,12 @@ def select_vector(
     _, score, best, source, coef = max(ranked, key=lambda r: (r[0], r[1]))
     if source == "steering":
         reason = (f"largest steering gain on {application_variant!r} among runs with coherence "
-                  f">= {min_coherence:g}: {score:+.3g} trait points over the baseline"
+                  f">= {min_coherence:g}: {score:+.1f} trait points over the baseline"
                   + (f" at coefficient {coef:g}" if coef is not None else ""))
     else:
         reason = (f"no steering run on {application_variant!r} with coherence >= "
                   f"{min_coherence:g} for any candidate; highest validation effect size "
-                  f"(Cohen's d {score:.3g}) in the {extraction_variant!r} evaluation")
+                  f"(Cohen's d {score:.2f}) in the {extraction_variant!r} evaluation")
     return choice(best, source, score, coef, reason)
 
 

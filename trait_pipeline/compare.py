@@ -214,7 +214,7 @@ def plot(record: dict, path: Path, max_plots: int = 12) -> None:
                 ax.set_xticks(range(len(toks)))
                 ax.set_xticklabels(toks, rotation=70, fontsize=7)
         ax.axhline(0, color="black", lw=0.5)
-        diff = "n/a" if r["diff"] is None else f"{r['diff']:+.3g}"
+        diff = "n/a" if r["diff"] is None else f"{r['diff']:+.2f}"  # projections: two decimals
         ax.set_title(f"prompt {r['prompt_id']}: mean diff {diff}", fontsize=9)
         ax.set_xlabel("response token")
         ax.set_ylabel("projection on the trait vector", fontsize=8)
@@ -225,7 +225,7 @@ def plot(record: dict, path: Path, max_plots: int = 12) -> None:
     m = record["mean"]["diff"]
     fig.suptitle(
         f"{record['trait']} on {record['prompt_set']}: {b} - {a} = "
-        f"{'n/a' if m is None else f'{m:+.3g}'} (mean over {record['n_prompts']} prompts; "
+        f"{'n/a' if m is None else f'{m:+.2f}'} (mean over {record['n_prompts']} prompts; "
         f"{'same tokens' if record['replay'] else 'own responses'}; "
         f"L{vs['layer']} {vs['method']} {vs['position']})", fontsize=10)
     fig.tight_layout()
@@ -282,7 +282,8 @@ def _pct(x) -> str:
 def _f(x, sign: bool = False) -> str:
     if x is None:
         return "n/a"
-    return f"{x:+.4g}" if sign else f"{x:.4g}"
+    # projections are printed with two decimals everywhere (infer's summary too)
+    return f"{x:+.2f}" if sign else f"{x:.2f}"
 
 
 main = stage_main("compare")(run)

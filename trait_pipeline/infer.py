@@ -738,7 +738,7 @@ def _snapshot(base: Path) -> str | None:
 
 
 def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
+    return "n/a" if x is None else f"{x:.2f}"  # projections: two decimals, as compare prints them
 
 
 def _captured(lay: Layout, variant: str, prompt_set: str, pid, replay, components,
