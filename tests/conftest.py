@@ -121,3 +121,28 @@ def pytest_collection_modifyitems(config, items):
         shared = [f for f in _SHARED_FIXTURES if f in getattr(item, "fixturenames", ())]
         if shared:
             item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
+# --- headless Chromium for the browser tests (Playwright): one browser per module, and a page
+# per test that fails the test on any console error or uncaught page error
+@pytest.fixture(scope="module")
+def browser():
+    from playwright import sync_api as playwright_api  # only browser tests need it
+
+    from trait_pipeline.serve import CHROMIUM
+
+    with playwright_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    pg.close()
+    assert errors == [], errors

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from .errors import PipelineError
 from .jsonio import read_json, read_json_for_update, write_json
+from .review.run_record import pid_alive
 
 SCHEMA_VERSION = 1
 ACTIVE = ("pending", "running")
@@ -239,18 +240,6 @@ def _expand_tasks(spec: str) -> list[int]:
     return out
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def job_states(sweep_dir: Path, query_scheduler: bool = True) -> list[JobStatus]:
     """The state of every job of a sweep, in job order (see module docstring)."""
     sweep_dir = Path(sweep_dir)
@@ -293,7 +282,7 @@ def job_states(sweep_dir: Path, query_scheduler: bool = True) -> list[JobStatus]
                 st.error = f"SLURM state {sched_state}"
         elif file_state in ("running", "killed"):
             local = manifest.launcher == "local" and own.get("host") == socket.gethostname()
-            st.state = "running" if (not local or _pid_alive(own.get("pid"))) else "lost"
+            st.state = "running" if (not local or pid_alive(own.get("pid"))) else "lost"
             if file_state == "killed" or (sid and slurm_asked):
                 st.state = "lost"  # SLURM forgot it and it never finished
         elif sid and slurm_asked and not own and "_" in sid and sid.split("_")[0] in known_arrays:
