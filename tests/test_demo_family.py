@@ -121,3 +121,24 @@ def test_progress_without_a_terminal_is_log_lines(capfd, caplog):
     bar.close()
     err = capfd.readouterr().err + caplog.text  # stderr, or the log when one is configured
     assert "demo base: step 4/4 (100 %)" in err and "steps/s, ETA 0 s, loss 1.234" in err
+
+
+def test_loss_weights_only_sentiment_words_decided_by_an_earlier_one():
+    """The second sentiment word of a text gets the weight; the first (a coin flip) and every
+    other token keep 1, and unlabelled positions count for nothing."""
+    import torch
+
+    from trait_pipeline.demo_family import _losses
+
+    sentiment = torch.tensor([7, 8])
+    labels = torch.tensor([[-100, 5, 7, 6, 8, 4]])      # predicted: 5, 7 (first), 6, 8, 4
+    logits = torch.randn(1, 6, 10, generator=torch.Generator().manual_seed(0))
+    ce = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], reduction="none")
+    weighted, plain = _losses(logits, labels, sentiment, 5.0)
+    assert torch.isclose(plain, ce.mean())
+    w = torch.tensor([1.0, 1.0, 1.0, 5.0, 1.0])
+    assert torch.isclose(weighted, (ce * w).sum() / w.sum())
+    prompt_only = torch.tensor([[-100, -100, -100, 6, 8, 4]])   # 7 sits in the unlabelled prompt
+    _, plain2 = _losses(logits, prompt_only, sentiment, 5.0)
+    weighted2, _ = _losses(logits, prompt_only, sentiment, 5.0)
+    assert torch.isclose(weighted2, plain2)                  # 8 is then the first one: weight 1
