@@ -142,3 +142,16 @@ def test_loss_weights_only_sentiment_words_decided_by_an_earlier_one():
     _, plain2 = _losses(logits, prompt_only, sentiment, 5.0)
     weighted2, _ = _losses(logits, prompt_only, sentiment, 5.0)
     assert torch.isclose(weighted2, plain2)                  # 8 is then the first one: weight 1
+
+
+def test_build_seconds_since_counts_only_the_build_after_a_timer_started(monkeypatch):
+    """extract's total leaves out the part of a first-use build that ran inside it, and only
+    that part: a build finished during the config checks (before the timer) counts 0."""
+    from trait_pipeline import demo_family
+
+    monkeypatch.setattr(demo_family, "_LAST_BUILD_SPAN", (100.0, 260.0))
+    assert demo_family.build_seconds_since(50.0) == 160.0    # timer started before the build
+    assert demo_family.build_seconds_since(200.0) == 60.0    # started during it
+    assert demo_family.build_seconds_since(300.0) == 0.0     # started after it: was -160 s
+    monkeypatch.setattr(demo_family, "_LAST_BUILD_SPAN", None)
+    assert demo_family.build_seconds_since(0.0) == 0.0

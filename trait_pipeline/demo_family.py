@@ -213,6 +213,22 @@ def _is_complete(root: Path) -> bool:
 LAST_BUILD_SECONDS: float | None = None
 """Wall time this process spent building the family (None: it found it built), so a
 stage's summary can report the one-off build apart from its own steps."""
+_LAST_BUILD_SPAN: tuple[float, float] | None = None  # perf_counter at its start and end
+
+
+def build_seconds_since(t: float) -> float:
+    """Seconds of this process's demo-family build that fell after ``time.perf_counter() == t``.
+
+    What a stage subtracts from a timer started at ``t``: 0 when nothing was built or the
+    build ended before the timer started (e.g. while the config was being checked).
+
+    >>> build_seconds_since(time.perf_counter())
+    0.0
+    """
+    if _LAST_BUILD_SPAN is None:
+        return 0.0
+    start, end = _LAST_BUILD_SPAN
+    return max(0.0, end - max(start, t))
 
 
 def ensure_demo_family(cache_dir: Path | None = None, *, progress: bool = True,
@@ -225,7 +241,7 @@ def ensure_demo_family(cache_dir: Path | None = None, *, progress: bool = True,
     build (Ctrl-C, SIGTERM, SIGHUP) removes its temp dir and its lock file; the leftovers
     of a SIGKILLed one are removed by the next build.
     """
-    global LAST_BUILD_SECONDS
+    global LAST_BUILD_SECONDS, _LAST_BUILD_SPAN
     recipe = RECIPE if recipe is None else recipe
     h = recipe_hash(recipe)
     parent = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "demo_family"
@@ -260,6 +276,7 @@ def ensure_demo_family(cache_dir: Path | None = None, *, progress: bool = True,
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             LAST_BUILD_SECONDS = time.perf_counter() - t0
+            _LAST_BUILD_SPAN = (t0, t0 + LAST_BUILD_SECONDS)
         finally:
             # Removed while held: waiters then find the family built (or retry on a fresh
             # lock file, see _build_lock), and no lock file outlives its build.
