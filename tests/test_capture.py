@@ -5,6 +5,7 @@ import torch
 
 from trait_pipeline.capture import record
 from trait_pipeline.config import VariantSpec
+from trait_pipeline.demo_family import RECIPE
 from trait_pipeline.extract import Example, capture_means
 from trait_pipeline.layers import final_norm_and_unembed
 from trait_pipeline.models import load_variant
@@ -46,7 +47,7 @@ def test_window_means_with_left_padding_match_unpadded_passes(base):
     for text in ("response[:2]", "prompt[-1]", "all[:]", "response[-1]"):
         pos = Position.parse(text)
         got = capture_means(base, examples, pos, "residual", batch_size=8)
-        assert got.shape == (3, base.n_layers, 64) and got.dtype == torch.float32
+        assert got.shape == (3, base.n_layers, RECIPE.hidden_size) and got.dtype == torch.float32
         for i, e in enumerate(examples):
             hs = _hidden_states(base, e.ids)
             lo, hi = pos.window(e.prompt_len, len(e.ids))

@@ -14,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from trait_pipeline import resolvers
 from trait_pipeline.cli import quote_positions
 from trait_pipeline.config import validate
+from trait_pipeline.demo_family import RECIPE
 from trait_pipeline.errors import PipelineError
 from trait_pipeline.extract import run, split_scenarios
 from trait_pipeline.layout import CONF_DIR, PROJECT_ROOT, Layout
@@ -134,8 +135,8 @@ def test_split_is_grouped_by_scenario_and_seeded(demo):
         skipped = [s["idx"] for s in meta["skipped"] if s["polarity"] == side]
         assert sorted(meta["rows"]["train"][side] + meta["rows"]["val"][side] + skipped) == list(range(240))
     t, _ = load_tensors(root / "activations/response__5/residual/train.safetensors")
-    assert t["pos"].shape == (meta["counts"]["train"]["pos"], 24, 64)
-    assert t["neg"].shape == (meta["counts"]["train"]["neg"], 24, 64)
+    assert t["pos"].shape == (meta["counts"]["train"]["pos"], 24, RECIPE.hidden_size)
+    assert t["neg"].shape == (meta["counts"]["train"]["neg"], 24, RECIPE.hidden_size)
 
 
 def test_rerun_does_no_work_and_changes_no_file(demo):

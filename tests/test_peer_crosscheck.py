@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from trait_pipeline.capture import record
 from trait_pipeline.config import VariantSpec
+from trait_pipeline.demo_family import RECIPE
 from trait_pipeline.models import load_variant
 from trait_pipeline.vector_methods import mean_diff
 
@@ -43,7 +44,7 @@ def activations(demo_family):
         with torch.no_grad(), record(lm.model, range(lm.n_layers)) as rec:
             lm.model(**batch)
         out[side] = torch.stack([rec.calls[("residual", la)][0][:, -1] for la in range(lm.n_layers)], 1)
-    assert out["pos"].shape == out["neg"].shape == (N_PAIRS, lm.n_layers, 64)
+    assert out["pos"].shape == out["neg"].shape == (N_PAIRS, lm.n_layers, RECIPE.hidden_size)
     return out
 
 

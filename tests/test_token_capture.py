@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from trait_pipeline.config import VariantSpec
+from trait_pipeline.demo_family import RECIPE
 from trait_pipeline.errors import PipelineError
 from trait_pipeline.generation import generate
 from trait_pipeline.models import load_variant
@@ -44,8 +45,8 @@ def test_exactly_one_row_per_token_for_every_component(lm, ids, seqs):
         assert s.prompt_ids == p
         assert s.response_ids, "the demo instruct model answers"
         for comp in ("residual", "attn_out", "mlp_out"):
-            assert s.prompt[comp].shape == (len(p), lm.n_layers, 64)
-            assert s.response[comp].shape == (len(s.response_ids), lm.n_layers, 64)
+            assert s.prompt[comp].shape == (len(p), lm.n_layers, RECIPE.hidden_size)
+            assert s.response[comp].shape == (len(s.response_ids), lm.n_layers, RECIPE.hidden_size)
 
 
 def test_same_tokens_as_generate(lm, seqs):

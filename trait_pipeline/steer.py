@@ -354,12 +354,17 @@ def judged(trait: Sequence[float | None], coh: Sequence[float | None], outage: b
 
 
 def steerability(sign: float, scores: Sequence[float | None], base: Sequence[float | None]) -> float | None:
-    """Share of questions whose trait score moved from the baseline in the intended direction.
+    """Share of questions whose trait score moved from the baseline in the intended direction,
+    among those whose baseline could move that way (a baseline of 0 cannot go down: counting
+    it would cap a perfect steering at the share of questions not already at the end).
 
     >>> steerability(1.0, [60, 40, None], [50, 50, 50])
     0.5
+    >>> steerability(-1.0, [0, 0, 10], [0, 50, 50])     # the first could not go lower
+    1.0
     """
-    pairs = [(a, b) for a, b in zip(scores, base) if a is not None and b is not None]
+    pairs = [(a, b) for a, b in zip(scores, base) if a is not None and b is not None
+             and (b < 100 if sign > 0 else b > 0)]
     if not pairs:
         return None
     return sum(1 for a, b in pairs if sign * (a - b) > 0) / len(pairs)
