@@ -73,7 +73,7 @@ def test_writes_the_full_tree(demo):
         meta = json.loads((d / "metadata.json").read_text())
         assert set(meta["layers"]) == {str(i) for i in range(24)}
     v, prov = load_vector(lay.vector_path(TRAIT, "base", "response[:5]", "residual", "probe", 7))
-    assert v.shape == (64,) and abs(float(v.norm()) - 1) < 1e-5
+    assert v.shape == (RECIPE.hidden_size,) and abs(float(v.norm()) - 1) < 1e-5
     assert set(PROVENANCE_KEYS) <= set(prov)
     assert prov["layer"] == 7 and prov["model_variant"] == "base" and prov["model"] == "demo:base"
     assert prov["position"] == "response[:5]" and prov["method"] == "probe" and "hidden_states[L+1]" in prov["layer_convention"]

@@ -234,7 +234,8 @@ def standin(tmp_path_factory, demo_family):
 
 TINY = {  # few pairs, few questions, few tokens
     "extract": ["max_pairs=8", "generation.max_new_tokens=4", "layers=[10]", "method=[mean_diff,probe]"],
-    "steer": ["questions=2", "generation.max_new_tokens=4", "search.steps=1"],
+    # both directions: a baseline at either end of the scale still gets a walk the other way
+    "steer": ["questions=2", "generation.max_new_tokens=4", "search.steps=1", "search.direction=both"],
     "infer": ["limit=3", "generation.max_new_tokens=4"],
 }
 
