@@ -58,9 +58,10 @@ def main() -> int:
                "build_seconds": info["build_seconds"], "recipe_hash": info["recipe_hash"],
                "steps": steps, "goal_s": GOAL_S}
     path = common.write_result(f"demo_build_busy{args.busy}", payload)
-    verdict = "meets" if seconds <= GOAL_S else "misses"
-    print(f"demo family build, {args.busy} busy loop(s): {seconds:.0f} s for {steps} steps "
-          f"({verdict} the {GOAL_S:.0f} s goal for a quiet machine)  -> {path}")
+    verdict = "" if args.busy else (
+        f" ({'meets' if seconds <= GOAL_S else 'misses'} the {GOAL_S:.0f} s goal for a quiet machine)")
+    print(f"demo family build, {args.busy} busy loop(s): {seconds:.0f} s for {steps} steps"
+          f"{verdict}  -> {path}")
     return 0
 
 
