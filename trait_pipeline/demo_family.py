@@ -563,7 +563,7 @@ class _Progress:
 
     Log lines name the step, the rate and the time left, so a build run under nohup, SLURM
     or a CI log shows that it is alive and when it will end:
-    ``demo base: step 300/1500 (20 %), 7.1 steps/s, ETA 2 min 49 s, loss 2.345``.
+    ``demo base: step 306/600 (51 %), 5.1 steps/s, ETA 58 s, loss 1.547``.
     """
 
     def __init__(self, total: int, desc: str, enabled: bool, every: float = 15.0) -> None:
