@@ -20,7 +20,7 @@ from trait_pipeline.models import load_variant
 # A recipe small enough to build twice in a few seconds; same code path as the real one.
 TINY = dataclasses.replace(
     RECIPE, num_layers=2, base_docs=200, base_steps=6, instruct_dialogues=100, instruct_steps=4,
-    lora_dialogues=100, lora_steps=4, warmup_steps=1,
+    lora_dialogues=100, lora_steps=4, warmup_steps=1, base_more_steps=3, base_max_steps=6,
 )
 
 
@@ -155,3 +155,15 @@ def test_build_seconds_since_counts_only_the_build_after_a_timer_started(monkeyp
     assert demo_family.build_seconds_since(300.0) == 0.0     # started after it: was -160 s
     monkeypatch.setattr(demo_family, "_LAST_BUILD_SPAN", None)
     assert demo_family.build_seconds_since(0.0) == 0.0
+
+
+def test_base_trains_on_until_it_continues_sentiment_or_reaches_its_cap(tmp_path):
+    """A base that has not learnt to continue a text's sentiment gets base_more_steps more,
+    checked again each time, up to base_max_steps (a 2-layer, 6-step model never passes)."""
+    import json
+
+    recipe = dataclasses.replace(TINY, base_max_steps=12)
+    summary = build_demo_family(tmp_path, recipe, progress=False)
+    check = summary["base_sentiment_check"]
+    assert check["steps"] == 12 and check["of"] == 16 and check["right"] < 0.9 * 16
+    assert json.loads((tmp_path / "recipe.json").read_text())["base_sentiment_check"] == check

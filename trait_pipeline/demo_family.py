@@ -142,6 +142,11 @@ class Recipe:
     # base pretraining
     base_docs: int = 12_000
     base_steps: int = 600           # in-context use of sentiment emerges after ~500 steps
+    # ...on this machine and seed. Another CPU rounds differently and takes another path (seed
+    # 1 had not learnt it at 600), so after base_steps the build checks it on held-out
+    # openings and trains base_more_steps more until it passes, at most base_max_steps.
+    base_more_steps: int = 100
+    base_max_steps: int = 1500
     base_lr: float = 3e-3
     # instruct tuning
     instruct_dialogues: int = 6_000
@@ -678,6 +683,32 @@ def _train(model: Any, examples: list[tuple[list[int], int]], *, steps: int, lr:
     return sum(tail) / max(1, len(tail))
 
 
+def _continues_sentiment(model: Any, tok: Any, seed: int, n: int = 16) -> tuple[int, int]:
+    """(right, asked): how many one-sentence openings, half optimistic and half pessimistic,
+    the model continues (greedy, 12 tokens) in their own sentiment.
+
+    The openings come from their own generator, so the check takes nothing from the
+    training data's random stream (a family that passes at once is unchanged by it).
+    """
+    import torch
+
+    check = random.Random(seed + 7919)
+    openings = [(sample_document(check, sentiment=s, n_sentences=1), s)
+                for s in (1, -1) for _ in range(n // 2)]
+    model.eval()
+    right = 0
+    with torch.no_grad():
+        for text, sentiment in openings:
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=12, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            score = optimism_score(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+            right += score is not None and (score >= 60 if sentiment > 0 else score <= 40)
+    model.train()
+    return right, len(openings)
+
+
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -731,6 +762,22 @@ def build_demo_family(target: Path, recipe: Recipe = RECIPE, *, progress: bool =
                                       lr=recipe.base_lr, recipe=recipe, rng=rng,
                                       pad_id=pad_id, desc="demo base", progress=progress,
                                       sentiment_ids=sentiment_ids)
+        steps = recipe.base_steps
+        while True:
+            right, asked = _continues_sentiment(model, plain_tok, recipe.seed)
+            summary["base_sentiment_check"] = {"steps": steps, "right": right, "of": asked}
+            if right >= 0.9 * asked or steps >= recipe.base_max_steps:
+                break
+            _emit(f"demo base: continues the sentiment of {right}/{asked} held-out openings "
+                  f"after {steps} steps; {recipe.base_more_steps} more")
+            summary["base_loss"] = _train(model, base_ex, steps=recipe.base_more_steps,
+                                          lr=recipe.base_lr, recipe=recipe, rng=rng,
+                                          pad_id=pad_id, desc="demo base (more)",
+                                          progress=progress, sentiment_ids=sentiment_ids)
+            steps += recipe.base_more_steps
+        if right < 0.9 * asked:
+            log.warning("demo base continues the sentiment of only %d/%d held-out openings "
+                        "after %d steps; the demo's figures will be weaker", right, asked, steps)
         model.generation_config = gen
         model.save_pretrained(fam.base)
         plain_tok.save_pretrained(fam.base)
