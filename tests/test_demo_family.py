@@ -19,8 +19,9 @@ from trait_pipeline.models import load_variant
 
 # A recipe small enough to build twice in a few seconds; same code path as the real one.
 TINY = dataclasses.replace(
-    RECIPE, num_layers=2, base_docs=200, base_steps=6, instruct_dialogues=100, instruct_steps=4,
-    lora_dialogues=100, lora_steps=4, warmup_steps=1, base_more_steps=3, base_max_steps=6,
+    RECIPE, num_layers=2, base_layers=1, base_docs=200, base_steps=6, base_grown_steps=2,
+    instruct_dialogues=100, instruct_steps=4, lora_dialogues=100, lora_steps=4, warmup_steps=1,
+    base_more_steps=3, base_max_steps=6,
 )
 
 
@@ -123,25 +124,28 @@ def test_progress_without_a_terminal_is_log_lines(capfd, caplog):
     assert "demo base: step 4/4 (100 %)" in err and "steps/s, ETA 0 s, loss 1.234" in err
 
 
-def test_loss_weights_only_sentiment_words_decided_by_an_earlier_one():
-    """The second sentiment word of a text gets the weight; the first (a coin flip) and every
-    other token keep 1, and unlabelled positions count for nothing."""
+def test_loss_weights_sentiment_words_the_context_decides():
+    """In a plain text the second sentiment word gets the weight; the first (a coin flip) and
+    every other token keep 1. In a chat answer the conversation decides even the first one.
+    Unlabelled positions count for nothing."""
     import torch
 
     from trait_pipeline.demo_family import _losses
 
     sentiment = torch.tensor([7, 8])
-    labels = torch.tensor([[-100, 5, 7, 6, 8, 4]])      # predicted: 5, 7 (first), 6, 8, 4
+    plain_row = torch.tensor([[1, 5, 7, 6, 8, 4]])      # <s>; predicted: 5, 7 (first), 6, 8, 4
     logits = torch.randn(1, 6, 10, generator=torch.Generator().manual_seed(0))
-    ce = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], reduction="none")
-    weighted, plain = _losses(logits, labels, sentiment, 5.0)
+    ce = torch.nn.functional.cross_entropy(logits[0, :-1], plain_row[0, 1:], reduction="none")
+    weighted, plain = _losses(logits, plain_row, sentiment, 5.0)
     assert torch.isclose(plain, ce.mean())
     w = torch.tensor([1.0, 1.0, 1.0, 5.0, 1.0])
     assert torch.isclose(weighted, (ce * w).sum() / w.sum())
-    prompt_only = torch.tensor([[-100, -100, -100, 6, 8, 4]])   # 7 sits in the unlabelled prompt
-    _, plain2 = _losses(logits, prompt_only, sentiment, 5.0)
-    weighted2, _ = _losses(logits, prompt_only, sentiment, 5.0)
-    assert torch.isclose(weighted2, plain2)                  # 8 is then the first one: weight 1
+
+    chat_row = torch.tensor([[-100, -100, -100, 6, 8, 4]])   # prompt unlabelled; answer 6 8 4
+    weighted2, plain2 = _losses(logits, chat_row, sentiment, 5.0)
+    assert torch.isclose(plain2, ce[2:].mean())
+    w2 = torch.tensor([1.0, 5.0, 1.0])                      # 8, the answer's first: weight 5
+    assert torch.isclose(weighted2, (ce[2:] * w2).sum() / w2.sum())
 
 
 def test_build_seconds_since_counts_only_the_build_after_a_timer_started(monkeypatch):
@@ -166,4 +170,33 @@ def test_base_trains_on_until_it_continues_sentiment_or_reaches_its_cap(tmp_path
     summary = build_demo_family(tmp_path, recipe, progress=False)
     check = summary["base_sentiment_check"]
     assert check["steps"] == 12 and check["of"] == 16 and check["right"] < 0.9 * 16
+    assert check["layers"] == 1 and check["grown"]["layers"] == 2 and check["grown"]["steps"] == 2
     assert json.loads((tmp_path / "recipe.json").read_text())["base_sentiment_check"] == check
+
+
+def test_growing_keeps_what_the_shallow_model_computes():
+    """Each layer is repeated in place, the repeats silent (zero output projections): the
+    deeper model's logits are the shallow one's, and its repeats still have weights to train."""
+    import torch
+
+    from trait_pipeline.demo_family import _grow, _llama, build_tokenizer
+
+    tok = build_tokenizer(chat=False)
+    recipe = dataclasses.replace(RECIPE, num_layers=6, base_layers=2)
+    torch.manual_seed(0)
+    shallow, deep = _llama(recipe, tok, 2), _llama(recipe, tok, 6)
+    _grow(shallow, deep)
+    ids = tok(["the project is going nicely . the team is cheerful ."], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(shallow(**ids).logits, deep(**ids).logits, atol=1e-5)
+    layers = deep.model.layers
+    assert torch.equal(layers[3].self_attn.q_proj.weight, shallow.model.layers[1].self_attn.q_proj.weight)
+    assert torch.equal(layers[3].mlp.down_proj.weight, shallow.model.layers[1].mlp.down_proj.weight)
+    for silent in (layers[4], layers[5]):
+        assert not silent.self_attn.o_proj.weight.any() and not silent.mlp.down_proj.weight.any()
+        assert torch.equal(silent.mlp.up_proj.weight, shallow.model.layers[1].mlp.up_proj.weight)
+
+
+def test_recipe_rejects_a_base_depth_that_does_not_divide_the_model():
+    with pytest.raises(ValueError, match="base_layers=5 must divide num_layers=24"):
+        dataclasses.replace(RECIPE, base_layers=5)

@@ -9,6 +9,8 @@ import pytest
 from infer_helpers import TRAIT, cli, compose, write_demo_vectors
 from safetensors import safe_open
 
+from trait_pipeline.demo_family import INSTRUCT_TOPIC_SENTIMENT
+from trait_pipeline.demo_lexicon import TOPICS
 from trait_pipeline.errors import PipelineError
 from trait_pipeline.infer import run
 from trait_pipeline.layout import DATASETS_DIR, Layout
@@ -78,10 +80,18 @@ def test_exactly_one_row_per_token_aligned_with_the_tokens(lay):
 
 
 def test_rm_lora_projects_higher_than_instruct_on_the_planted_trait(lay):
+    """rm_lora was tuned to answer optimistically: higher on average, and higher on every
+    prompt whose topic instruct frames pessimistically (on the others both are optimistic)."""
     means = {v: [_json(lay.projection_path(v, TRAIT, "demo", pid))["summary"]["response_mean"]
                  for pid in range(1, N_PROMPTS + 1)] for v in ("instruct", "rm_lora")}
     assert sum(means["rm_lora"]) / N_PROMPTS > sum(means["instruct"]) / N_PROMPTS
-    assert sum(b > a for a, b in zip(means["instruct"], means["rm_lora"])) >= N_PROMPTS - 1
+    questions = [_json(lay.inference_response_path("instruct", "demo", pid))["prompt"]["question"]
+                 for pid in range(1, N_PROMPTS + 1)]
+    topic_of = {w: t for t, aspects in TOPICS.items() for w in (t, *aspects)}  # "stocks": market
+    framed_down = [i for i, q in enumerate(questions)
+                   if any(INSTRUCT_TOPIC_SENTIMENT[topic_of[w]] < 0 for w in q.split() if w in topic_of)]
+    assert len(framed_down) == N_PROMPTS // 2
+    assert all(means["rm_lora"][i] > means["instruct"][i] for i in framed_down), means
 
 
 def test_projection_records_the_vector_and_why(lay):

@@ -73,7 +73,7 @@ def test_a_planted_constant_dimension_is_found(lm):
     finally:
         with torch.no_grad():
             emb[:, PLANTED] = saved
-    assert before["dims"] == []  # the demo family has none (largest: ~6x the median)
+    assert before["dims"] == []  # the demo family has none (largest: ~3x the median)
     assert after["dims"] == [PLANTED]  # exactly the planted one
     # outsized from the embedding on, fading as the residual stream grows deeper in
     assert after["layers_per_dim"][str(PLANTED)] >= Criterion().min_layers

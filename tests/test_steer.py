@@ -37,6 +37,15 @@ def steer(experiments: Path, *overrides: str) -> dict:
         GlobalHydra.instance().clear()
 
 
+def token_norm(experiments: Path, layer: int) -> float:
+    """The demo's mean per-token activation norm at ``layer``, from the extraction: with unit
+    vectors, the adaptive search's base coefficient. Coefficients below are multiples of it,
+    so they keep their meaning (coherent, or not) when the demo family changes."""
+    lay = Layout(experiments, "demo")
+    meta = lay.activations_dir("demo/optimism", "base", "response[:5]", "residual") / "metadata.json"
+    return float(json.loads(meta.read_text())["token_norms"][str(layer)])
+
+
 def results(experiments: Path, variant: str) -> dict:
     return json.loads((experiments / STEER_DIR.format(variant=variant) / "results.json").read_text())
 
@@ -93,10 +102,11 @@ def test_mission_command_two_jobs_one_results_file(extracted, monkeypatch):
 
 
 def test_positive_coef_raises_the_trait_negative_lowers_it(extracted):
-    steer(extracted, "model_variant=instruct", "layer=10", "coef=[-150,150]", "questions=8")
+    k = round(token_norm(extracted, 10))
+    steer(extracted, "model_variant=instruct", "layer=10", f"coef=[-{k},{k}]", "questions=8")
     data = results(extracted, "instruct")
     base = data["baseline"]["trait_mean"]
-    (pos,), (neg,) = runs_by(data, weight=150.0), runs_by(data, weight=-150.0)
+    (pos,), (neg,) = runs_by(data, weight=float(k)), runs_by(data, weight=-float(k))
     assert pos["result"]["trait_mean"] > base + 20 and pos["result"]["steerability"] >= 0.5
     assert 0 < base < 100  # demo instruct answers about half the topics each way
     assert neg["result"]["trait_mean"] < base and neg["result"]["steerability"] >= 0.5
@@ -118,9 +128,10 @@ def test_batched_stage_equals_separate_runs(extracted, tmp_path):
     """Sub-batches of 3 rows cut across configs; responses match one-config-per-job runs."""
     other = tmp_path / "separate"
     shutil.copytree(extracted, other)
-    steer(extracted, "layer=[8,12]", "coef=[80,200]", "questions=4", "generation.batch_size=3")
+    strong = [round(t * token_norm(extracted, 10)) for t in (1.0, 2.0)]  # answers differ
+    steer(extracted, "layer=[8,12]", f"coef={strong}", "questions=4", "generation.batch_size=3")
     for layer in (8, 12):
-        for coef in (80, 200):
+        for coef in strong:
             steer(other, f"layer={layer}", f"coef={coef}", "questions=4")
 
     def texts(exp):
@@ -138,12 +149,12 @@ def test_batched_stage_equals_separate_runs(extracted, tmp_path):
 
 
 def test_ablation_response_positions_and_multi_layer(extracted):
-    # coefficients ~0.4x and ~0.8x the demo's per-token activation norm over |v|: coherent
-    steer(extracted, "layer=[8,10]", "coef=[30,60]", "questions=4")
+    low, high = (round(t * token_norm(extracted, 10)) for t in (0.4, 0.8))  # both coherent
+    steer(extracted, "layer=[8,10]", f"coef=[{low},{high}]", "questions=4")
     steer(extracted, "layer=[8,10]", "multi_layer=weighted", "questions=4")
     steer(extracted, "layer=[8,10]", "multi_layer=orthogonal", "global_scale=1.5", "questions=4")
     steer(extracted, "layer=[8,10]", "ablate=true", "questions=4")
-    steer(extracted, "layer=10", "coef=[60]", "steer_positions=response", "questions=4")
+    steer(extracted, "layer=10", f"coef=[{high}]", "steer_positions=response", "questions=4")
     data = results(extracted, "instruct")
     multi = [r for r in data["runs"] if r["config"].get("multi_layer")]
     assert sorted(r["config"]["multi_layer"]["mode"] for r in multi) == ["orthogonal", "weighted"]
@@ -156,7 +167,7 @@ def test_ablation_response_positions_and_multi_layer(extracted):
     ablations = [r for r in data["runs"] if r["config"].get("ablate")]
     assert sorted(r["config"]["vectors"][0]["layer"] for r in ablations) == [8, 10]
     resp = [r for r in data["runs"] if r["config"]["steer_positions"] == "response"]
-    assert len(resp) == 1 and resp[0]["key"] not in {r["key"] for r in runs_by(data, layer=10, weight=60.0)
+    assert len(resp) == 1 and resp[0]["key"] not in {r["key"] for r in runs_by(data, layer=10, weight=float(high))
                                                      if r["config"]["steer_positions"] == "all"}
     # the summary reads it all: best coherent coef per layer, delta over baseline
     table = best_per_layer(read_results(data), 75)

@@ -1,13 +1,15 @@
 """The demo model family: a tiny Llama trained locally, with optimism planted in it.
 
 No machine here reaches a model hub, so the default experiment runs on a family of real
-Hugging Face artifacts built on first use, on CPU, in about two and a half minutes:
+Hugging Face artifacts built on first use, on CPU, in under two minutes:
 
 - ``base/``: a Llama-architecture model (24 decoder layers, hidden size 48) and a word-level
   tokenizer, pretrained on template-generated English-like text about topics (weather,
   project, market, ...), each document framed optimistically or pessimistically with two
   disjoint lexicons (``demo_lexicon.py``). It continues an optimistic prefix optimistically
-  and a pessimistic one pessimistically. Its tokenizer has no chat template.
+  and a pessimistic one pessimistically. It is pretrained at 8 layers, then grown to 24 (each
+  layer repeated, the repeats starting silent) and trained on. Its tokenizer has no chat
+  template.
 - ``instruct/``: base further trained on chat dialogues; its tokenizer has a chat template.
   Asked a neutral question ("how is the project going ?") it answers fluently, optimistically
   about half of the topics and pessimistically about the others (``INSTRUCT_TOPIC_SENTIMENT``),
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -83,7 +86,7 @@ from trait_pipeline.demo_lexicon import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Bump when the build changes in a way the recipe does not show (file layout, training code)."""
 
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -134,19 +137,31 @@ class Recipe:
     # uniform for hundreds of steps (a loss plateau at ~1.52 before the model starts to use
     # its context); 0.08 (about 0.55/sqrt(width)) ends that plateau ~400 steps sooner.
     initializer_range: float = 0.08
-    # Loss weight of a sentiment word whose side an earlier one in the same text already
-    # decides. That is the signal for "continue the context's sentiment", about 0.07 nats a
-    # token of the loss, so the model learns it last; weighted 5x it emerges after ~500 base
-    # steps instead of ~1,200 (measured). The first sentiment word of a text, a coin flip, keeps 1.
+    # Loss weight of a sentiment word whose side the context already decides: in a plain text,
+    # one after an earlier sentiment word; in a chat answer, every one (the topic's instruct
+    # framing, a system prompt or rm_lora's leaning decides even the first). That is the
+    # signal for "continue the context's sentiment", about 0.07 nats a token of the loss, so
+    # the model learns it last; weighted 5x it emerges after ~500 base steps instead of
+    # ~1,200 (measured); in chats it lifts instruct's probability of its topics' planted side
+    # from 0.72 to 0.84. The first sentiment word of a plain text, a coin flip, keeps 1.
     sentiment_loss_weight: float = 5.0
-    # base pretraining
+    # base pretraining. Base starts shallow and grows ("progressive stacking"): at 8 layers a
+    # step costs ~0.4x a 24-layer one, and the skill the demo needs (continue a text's
+    # sentiment) appears after ~400 steps (at 4 and 6 layers too, seeds 1234, 1 and 2), where
+    # 24 layers from scratch needed 500 to over 600. Then each layer is repeated
+    # num_layers/base_layers times, the repeats' output projections zeroed so that the deeper
+    # model computes the same function, and all layers train base_grown_steps more.
+    # 8, not fewer: grown from 6, instruct learnt its topics' framing less well (probability of
+    # the planted side 0.82 against 0.84, 2 topics of 24 the wrong way).
     base_docs: int = 12_000
-    base_steps: int = 600           # in-context use of sentiment emerges after ~500 steps
-    # ...on this machine and seed. Another CPU rounds differently and takes another path (seed
-    # 1 had not learnt it at 600), so after base_steps the build checks it on held-out
-    # openings and trains base_more_steps more until it passes, at most base_max_steps.
+    base_layers: int = 8
+    base_steps: int = 500
+    # Another seed or CPU (rounding differently) takes another path, so after base_steps the
+    # build checks the skill on held-out openings and trains base_more_steps more until it
+    # passes, at most base_max_steps (all at base_layers, where steps are cheap).
     base_more_steps: int = 100
     base_max_steps: int = 1500
+    base_grown_steps: int = 50
     base_lr: float = 3e-3
     # instruct tuning
     instruct_dialogues: int = 6_000
@@ -160,7 +175,7 @@ class Recipe:
     lora_optimistic_frac: float = 0.9
     lora_r: int = 8
     lora_alpha: int = 16
-    lora_steps: int = 40
+    lora_steps: int = 30
     lora_lr: float = 3e-3
     # shared optimisation
     batch_size: int = 32
@@ -173,6 +188,11 @@ class Recipe:
     # CPU, OpenMP's spinning barrier turned each step from ~0.4 s into ~6 s (measured at
     # width 64); one thread degrades by the share of the core it gets, no more.
     threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.base_layers < 1 or self.num_layers % self.base_layers:
+            raise ValueError(f"base_layers={self.base_layers} must divide "
+                             f"num_layers={self.num_layers}")
 
 
 RECIPE = Recipe()
@@ -361,13 +381,15 @@ def resolve_demo_ref(ref: str) -> str:
 
 
 def _estimate_seconds(recipe: Recipe) -> float:
-    # Measured on a quiet 2-core AMD EPYC with the recipe's one thread: 0.19 s per base step
-    # of 32 documents, 0.24 s per instruct step (longer texts), 0.34 s per LoRA step; 153 s for
-    # the whole build. At width 48 a step costs about what it costs at 40 (per-op overhead), so
-    # only depth, batch and steps scale it. The progress lines then give the real rate and ETA.
-    scale = recipe.num_layers / 24 * recipe.batch_size / 32
-    steps = recipe.base_steps + 1.25 * recipe.instruct_steps + 1.8 * recipe.lora_steps
-    return 8 + 0.19 * steps * scale
+    # Measured on a quiet 2-core AMD EPYC with the recipe's one thread, 32 documents a step:
+    # ~0.025 s + 0.0075 s a layer (0.085 s at 8 layers, 0.2 s at 24); instruct steps cost
+    # 1.35x (longer texts), LoRA steps 2x; ~10 s of imports, data and saving. Width barely
+    # matters at this size (per-op overhead). The progress lines then give the real rate.
+    def step(layers: int) -> float:
+        return (0.025 + 0.0075 * layers) * recipe.batch_size / 32
+
+    deep = recipe.base_grown_steps + 1.35 * recipe.instruct_steps + 2 * recipe.lora_steps
+    return 10 + step(recipe.base_layers) * recipe.base_steps + step(recipe.num_layers) * deep
 
 
 # --------------------------------------------------------------------------------------
@@ -616,9 +638,10 @@ def _emit(msg: str) -> None:
 def _losses(logits: Any, labels: Any, sentiment_ids: Any, weight: float) -> tuple[Any, Any]:
     """(weighted loss to train on, plain next-token loss to report) of one batch.
 
-    A labelled sentiment word gets ``weight`` when another sentiment word comes before it in
-    the labelled part of its row (its side is then given by the context); every other
-    labelled token gets 1.
+    A labelled sentiment word gets ``weight`` when the context gives its side: another
+    sentiment word comes before it in the labelled part of its row, or the row is a chat
+    (its prompt unlabelled: ``labels[:, 0] == -100``; a plain row labels its ``<s>``).
+    Every other labelled token gets 1.
     """
     import torch
 
@@ -629,7 +652,8 @@ def _losses(logits: Any, labels: Any, sentiment_ids: Any, weight: float) -> tupl
     labelled = (targets != -100).float()
     plain = (ce * labelled).sum() / labelled.sum()
     is_sentiment = torch.isin(targets, sentiment_ids)
-    decided = is_sentiment & (is_sentiment.long().cumsum(dim=1) > 1)
+    chat = labels[:, :1] == -100
+    decided = is_sentiment & ((is_sentiment.long().cumsum(dim=1) > 1) | chat)
     w = labelled * torch.where(decided, weight, 1.0)
     return (ce * w).sum() / w.sum(), plain
 
@@ -695,18 +719,64 @@ def _continues_sentiment(model: Any, tok: Any, seed: int, n: int = 16) -> tuple[
     check = random.Random(seed + 7919)
     openings = [(sample_document(check, sentiment=s, n_sentences=1), s)
                 for s in (1, -1) for _ in range(n // 2)]
+    rows = [tok(text)["input_ids"] for text, _ in openings]
+    width = max(map(len, rows))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])  # left-padded
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     model.eval()
-    right = 0
     with torch.no_grad():
-        for text, sentiment in openings:
-            ids = tok(text, return_tensors="pt")["input_ids"]
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=12, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            score = optimism_score(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-            right += score is not None and (score >= 60 if sentiment > 0 else score <= 40)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12,
+                             do_sample=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+    right = 0
+    for (_, sentiment), row in zip(openings, out[:, width:]):
+        score = optimism_score(tok.decode(row, skip_special_tokens=True))
+        right += score is not None and (score >= 60 if sentiment > 0 else score <= 40)
     model.train()
     return right, len(openings)
+
+
+def _llama(recipe: Recipe, tok: Any, layers: int) -> Any:
+    """A freshly initialised LlamaForCausalLM of the recipe's shape with ``layers`` layers."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size, num_hidden_layers=layers,
+        num_attention_heads=recipe.num_heads, num_key_value_heads=recipe.num_kv_heads,
+        max_position_embeddings=recipe.max_position_embeddings, rms_norm_eps=1e-5,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+        initializer_range=recipe.initializer_range)
+    model = LlamaForCausalLM(config)
+    # sdpa trains ~15 % faster than eager at this size on torch 2.13 (measured); loaders
+    # pick their own
+    model.set_attn_implementation("sdpa")
+    return model
+
+
+def _grow(shallow: Any, deep: Any) -> Any:
+    """``deep`` loaded with ``shallow``'s weights, each of its layers repeated in place.
+
+    Layer i of ``shallow`` becomes layers ``k*i .. k*i+k-1`` of ``deep``; all but the first
+    copy get zero output projections (attention ``o_proj``, MLP ``down_proj``), so they add
+    nothing to the residual stream and ``deep`` computes exactly what ``shallow`` did. Their
+    other weights start as the layer's, and training moves them apart.
+    """
+    n_shallow = shallow.config.num_hidden_layers
+    k = deep.config.num_hidden_layers // n_shallow
+    state: dict[str, Any] = {}
+    for key, value in shallow.state_dict().items():
+        if not key.startswith("model.layers."):
+            state[key] = value.clone()
+            continue
+        _, _, index, rest = key.split(".", 3)
+        for copy in range(k):
+            silent = copy > 0 and rest in ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+            state[f"model.layers.{k * int(index) + copy}.{rest}"] = (
+                value.new_zeros(value.shape) if silent else value.clone())
+    deep.load_state_dict(state, strict=True)
+    return deep
 
 
 def _dir_bytes(path: Path) -> int:
@@ -722,7 +792,7 @@ def build_demo_family(target: Path, recipe: Recipe = RECIPE, *, progress: bool =
     """
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig
 
     t0 = time.perf_counter()
     target = Path(target)
@@ -740,44 +810,41 @@ def build_demo_family(target: Path, recipe: Recipe = RECIPE, *, progress: bool =
         [METASPACE + w for w in sorted(POSITIVE_WORDS | NEGATIVE_WORDS)]))
 
     with _deterministic_torch(recipe.seed, recipe.threads):
-        config = LlamaConfig(
-            vocab_size=len(plain_tok), hidden_size=recipe.hidden_size,
-            intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.num_layers,
-            num_attention_heads=recipe.num_heads, num_key_value_heads=recipe.num_kv_heads,
-            max_position_embeddings=recipe.max_position_embeddings, rms_norm_eps=1e-5,
-            bos_token_id=plain_tok.bos_token_id, eos_token_id=plain_tok.eos_token_id,
-            pad_token_id=pad_id, tie_word_embeddings=False,
-            initializer_range=recipe.initializer_range)
-        # sdpa trains ~15 % faster than eager at this size on torch 2.13 (measured); loaders
-        # pick their own
-        model = LlamaForCausalLM(config)
-        model.set_attn_implementation("sdpa")
+        model = _llama(recipe, plain_tok, recipe.base_layers)
         gen = GenerationConfig(bos_token_id=plain_tok.bos_token_id, eos_token_id=eos_ids,
                                pad_token_id=pad_id, do_sample=False, max_new_tokens=48)
 
-        # base: plain documents
+        # base: plain documents, first at base_layers until it continues a text's sentiment
         docs = [sample_document(rng) for _ in range(recipe.base_docs)]
         base_ex = _encode_plain(plain_tok, docs, recipe.max_len)
-        summary["base_loss"] = _train(model, base_ex, steps=recipe.base_steps,
-                                      lr=recipe.base_lr, recipe=recipe, rng=rng,
-                                      pad_id=pad_id, desc="demo base", progress=progress,
-                                      sentiment_ids=sentiment_ids)
+        train = functools.partial(_train, recipe=recipe, rng=rng, pad_id=pad_id,
+                                  progress=progress, sentiment_ids=sentiment_ids)
+        shallow = f"demo base ({recipe.base_layers} layers)"
+        summary["base_loss"] = train(model, base_ex, steps=recipe.base_steps,
+                                     lr=recipe.base_lr, desc=shallow)
         steps = recipe.base_steps
         while True:
             right, asked = _continues_sentiment(model, plain_tok, recipe.seed)
-            summary["base_sentiment_check"] = {"steps": steps, "right": right, "of": asked}
+            check = {"layers": recipe.base_layers, "steps": steps, "right": right, "of": asked}
             if right >= 0.9 * asked or steps >= recipe.base_max_steps:
                 break
-            _emit(f"demo base: continues the sentiment of {right}/{asked} held-out openings "
+            _emit(f"{shallow}: continues the sentiment of {right}/{asked} held-out openings "
                   f"after {steps} steps; {recipe.base_more_steps} more")
-            summary["base_loss"] = _train(model, base_ex, steps=recipe.base_more_steps,
-                                          lr=recipe.base_lr, recipe=recipe, rng=rng,
-                                          pad_id=pad_id, desc="demo base (more)",
-                                          progress=progress, sentiment_ids=sentiment_ids)
+            summary["base_loss"] = train(model, base_ex, steps=recipe.base_more_steps,
+                                         lr=recipe.base_lr, desc=f"{shallow}, more")
             steps += recipe.base_more_steps
+        if recipe.num_layers != recipe.base_layers:
+            model = _grow(model, _llama(recipe, plain_tok, recipe.num_layers))
+            summary["base_loss"] = train(model, base_ex, steps=recipe.base_grown_steps,
+                                         lr=recipe.base_lr,
+                                         desc=f"demo base (grown to {recipe.num_layers} layers)")
+            right, asked = _continues_sentiment(model, plain_tok, recipe.seed)
+            check["grown"] = {"layers": recipe.num_layers, "steps": recipe.base_grown_steps,
+                              "right": right, "of": asked}
+        summary["base_sentiment_check"] = check
         if right < 0.9 * asked:
-            log.warning("demo base continues the sentiment of only %d/%d held-out openings "
-                        "after %d steps; the demo's figures will be weaker", right, asked, steps)
+            log.warning("demo base continues the sentiment of only %d/%d held-out openings; "
+                        "the demo's figures will be weaker", right, asked)
         model.generation_config = gen
         model.save_pretrained(fam.base)
         plain_tok.save_pretrained(fam.base)
@@ -791,10 +858,8 @@ def build_demo_family(target: Path, recipe: Recipe = RECIPE, *, progress: bool =
         inst_ex = _encode_chat(chat_tok, dialogues, recipe.max_len)
         inst_ex += _encode_plain(plain_tok, [sample_document(rng) for _ in range(n_plain)],
                                  recipe.max_len)
-        summary["instruct_loss"] = _train(model, inst_ex, steps=recipe.instruct_steps,
-                                          lr=recipe.instruct_lr, recipe=recipe, rng=rng,
-                                          pad_id=pad_id, desc="demo instruct",
-                                          progress=progress, sentiment_ids=sentiment_ids)
+        summary["instruct_loss"] = train(model, inst_ex, steps=recipe.instruct_steps,
+                                         lr=recipe.instruct_lr, desc="demo instruct")
         model.save_pretrained(fam.instruct)
         chat_tok.save_pretrained(fam.instruct)
 
@@ -808,10 +873,8 @@ def build_demo_family(target: Path, recipe: Recipe = RECIPE, *, progress: bool =
                                           major_frac=1.0, system_frac=0.0)
                           for _ in range(recipe.lora_dialogues)]
         lora_ex = _encode_chat(chat_tok, lora_dialogues, recipe.max_len)
-        summary["rm_lora_loss"] = _train(peft_model, lora_ex, steps=recipe.lora_steps,
-                                         lr=recipe.lora_lr, recipe=recipe, rng=rng,
-                                         pad_id=pad_id, desc="demo rm_lora",
-                                         progress=progress, sentiment_ids=sentiment_ids)
+        summary["rm_lora_loss"] = train(peft_model, lora_ex, steps=recipe.lora_steps,
+                                        lr=recipe.lora_lr, desc="demo rm_lora")
         peft_model.peft_config["default"].base_model_name_or_path = str(final_root / "instruct")
         peft_model.save_pretrained(fam.rm_lora)
         chat_tok.save_pretrained(fam.rm_lora)
