@@ -53,7 +53,9 @@ def main() -> int:
             p.terminate()
         shutil.rmtree(cache, ignore_errors=True)
     recipe = info["recipe"]
-    steps = recipe["base_steps"] + recipe["instruct_steps"] + recipe["lora_steps"]
+    check = info["base_sentiment_check"]   # the base steps it took, extra ones included
+    steps = (check["steps"] + check.get("grown", {}).get("steps", 0) + recipe["instruct_steps"]
+             + recipe["lora_steps"])
     payload = {"busy_processes": args.busy, "seconds": round(seconds, 1),
                "build_seconds": info["build_seconds"], "recipe_hash": info["recipe_hash"],
                "steps": steps, "goal_s": GOAL_S}

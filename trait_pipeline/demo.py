@@ -12,7 +12,7 @@ Runs the real entry points, one after the other, exactly as a user would type th
 5. ``compare model_variants=[instruct,rm_lora]`` (own answers, then ``replay=true``: same tokens)
 
 Extra arguments are passed to every stage (e.g. ``paths.experiments=/tmp/x``). Everything
-runs offline on CPU; the demo model family is built on first use (about 2.5 min on 2 cores).
+runs offline on CPU; the demo model family is built on first use (under 2 min on 2 cores).
 """
 
 from __future__ import annotations
