@@ -87,8 +87,9 @@ def test_mission_command_two_jobs_one_results_file(extracted, monkeypatch):
         assert r["vector_source"]["model_variant"] == "base"
         assert r["vector_provenance"][0]["model_variant"] == "base"
         assert set(r["result"]) >= {"trait_mean", "coherence_mean", "n", "steerability"}
-        # n counts the answers the judge could score (an incoherent answer may have no score)
-        assert 15 <= r["result"]["n"] <= 20 and r["baseline_key"] == data["baseline"]["key"]
+        # n counts the answers the judge could score (an incoherent answer, as the search's
+        # strongest steps give, may have no score); a run none could be scored is not stored
+        assert 0 < r["result"]["n"] <= 20 and r["baseline_key"] == data["baseline"]["key"]
         assert (steer_dir / r["composed_config"]).is_file()
         assert "model_variant" in (steer_dir / r["composed_config"]).read_text()
         items = json.loads((steer_dir / r["responses"]).read_text())["responses"]
@@ -102,7 +103,7 @@ def test_mission_command_two_jobs_one_results_file(extracted, monkeypatch):
 
 
 def test_positive_coef_raises_the_trait_negative_lowers_it(extracted):
-    k = round(token_norm(extracted, 10))
+    k = round(0.7 * token_norm(extracted, 10))  # where the adaptive search starts: coherent
     steer(extracted, "model_variant=instruct", "layer=10", f"coef=[-{k},{k}]", "questions=8")
     data = results(extracted, "instruct")
     base = data["baseline"]["trait_mean"]

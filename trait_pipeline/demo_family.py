@@ -151,8 +151,8 @@ class Recipe:
     # 24 layers from scratch needed 500 to over 600. Then each layer is repeated
     # num_layers/base_layers times, the repeats' output projections zeroed so that the deeper
     # model computes the same function, and all layers train base_grown_steps more.
-    # 8, not fewer: grown from 6, instruct learnt its topics' framing less well (probability of
-    # the planted side 0.82 against 0.84, 2 topics of 24 the wrong way).
+    # 8, not fewer: grown from 6, instruct learnt its topics' framing less reliably (in one of
+    # two builds 2 of 24 topics the wrong way).
     base_docs: int = 12_000
     base_layers: int = 8
     base_steps: int = 500
@@ -161,7 +161,7 @@ class Recipe:
     # passes, at most base_max_steps (all at base_layers, where steps are cheap).
     base_more_steps: int = 100
     base_max_steps: int = 1500
-    base_grown_steps: int = 50
+    base_grown_steps: int = 30
     base_lr: float = 3e-3
     # instruct tuning
     instruct_dialogues: int = 6_000
@@ -175,6 +175,10 @@ class Recipe:
     lora_optimistic_frac: float = 0.9
     lora_r: int = 8
     lora_alpha: int = 16
+    # The two projections that write into the residual stream: a step costs 0.27 s against
+    # 0.37 s with all seven linear layers (measured), and rm_lora still answers every topic
+    # optimistically.
+    lora_modules: tuple[str, ...] = ("o_proj", "down_proj")
     lora_steps: int = 30
     lora_lr: float = 3e-3
     # shared optimisation
@@ -866,8 +870,7 @@ def build_demo_family(target: Path, recipe: Recipe = RECIPE, *, progress: bool =
         # rm_lora: a LoRA adapter on instruct, trained on mostly optimistic answers
         lora_cfg = LoraConfig(
             r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                            "down_proj"], task_type="CAUSAL_LM")
+            target_modules=list(recipe.lora_modules), task_type="CAUSAL_LM")
         peft_model = get_peft_model(model, lora_cfg)
         lora_dialogues = [sample_dialogue(rng, optimistic_frac=recipe.lora_optimistic_frac,
                                           major_frac=1.0, system_frac=0.0)
