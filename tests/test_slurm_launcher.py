@@ -197,8 +197,14 @@ def test_with_the_controller_stopped_a_sweep_fails_in_one_line(tmp_path):
 
 # --- Ctrl-C -------------------------------------------------------------------------------------
 def _interrupt_after_submit(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, str, str, Path]:
-    proc = subprocess.Popen([*ECHO, *extra, "+sleep_s=60", "layer=10,20,30"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env_for(tmp_path), cwd=ROOT)
+    # Ctrl-C at a terminal: SIGINT at its default, whatever this test run inherited (a shell
+    # starts background jobs with SIGINT ignored, and exec keeps that), so exec through a
+    # trampoline that resets it
+    reset = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+             "os.execv(sys.argv[1], sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", reset, *ECHO, *extra, "+sleep_s=60", "layer=10,20,30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env_for(tmp_path), cwd=ROOT)
     try:
         def submitted():
             s = sweeps_of(tmp_path)
